@@ -1,0 +1,39 @@
+# mixbench: `make copy-benchmark` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.mixbench-installed
+# Extra Hydra overrides for any benchmark, e.g. make copy-benchmark ARGS="seed=0,1,2"
+ARGS   ?=
+# On a CPU-only machine, sweeps run one single-threaded process per core (hydra-joblib-launcher);
+# with CUDA they run one after another on the GPU. Evaluated after `setup`, when .venv exists.
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+LAUNCH  = $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else 'hydra/launcher=cpu_parallel hydra.launcher.n_jobs=$(JOBS) train.threads=1')")
+
+.PHONY: setup test copy-benchmark report clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first when torch is absent (a CPU wheel lies on disk; a loose requirement would pull
+# a multi-GB CUDA build), then the project itself, whose `torch>=2.4` the installed torch satisfies.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e ".[dev]"
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest tests
+
+# The copy benchmark: every mixer x {variable, fixed} x seeds, sized for the machine
+# (conf/train/cpu.yaml, or conf/train/gpu.yaml when CUDA is present), then the report.
+copy-benchmark: setup
+	$(PY) -m harness.run --multirun +experiment=copy_benchmark $(LAUNCH) $(ARGS)
+	$(PY) -m harness.report --benchmark copy_benchmark
+
+report: setup
+	$(PY) -m harness.report --all
+
+clean:
+	rm -rf $(VENV) results/logs outputs multirun .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Run, train, measure, record and report: everything between conf/ and the pluggable parts."""

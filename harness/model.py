@@ -1,0 +1,132 @@
+"""The backbone every mixer drops into, identical for all of them.
+
+token embedding -> N x [norm -> mixer -> residual; norm -> MLP -> residual] -> final norm -> LM head.
+No positional embedding: each mixer brings its own notion of position (RoPE, Toeplitz lags,
+convolutions, recurrences). Backbone weights (embedding, MLP, head) use GPT-2's normal(0, 0.02)
+initialisation with the MLP output scaled by 1/sqrt(2 N); each mixer keeps its paper's own.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import mixers
+from mixers.ops import flops as F
+
+
+class MLP(nn.Module):
+    """Channel MLP ``d -> ratio * d -> d`` with GELU: ``(batch, n, d) -> (batch, n, d)``."""
+
+    def __init__(self, d_model: int, ratio: float):
+        super().__init__()
+        self.hidden = int(ratio * d_model)
+        self.fc = nn.Linear(d_model, self.hidden)
+        self.proj = nn.Linear(self.hidden, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(nn.functional.gelu(self.fc(x)))
+
+
+def make_norm(kind: str, d_model: int) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(d_model)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(d_model)
+    raise ValueError(f"model.norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``."""
+
+    def __init__(self, d_model: int, mixer: nn.Module, mlp_ratio: float, norm: str):
+        super().__init__()
+        self.norm1, self.mixer = make_norm(norm, d_model), mixer
+        self.norm2, self.mlp = make_norm(norm, d_model), MLP(d_model, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class SequenceModel(nn.Module):
+    """Language model around a registered mixer: ``tokens (batch, n) -> logits (batch, n, vocab)``."""
+
+    def __init__(self, vocab_size: int, d_model: int, n_layers: int, max_len: int, mixer: str,
+                 mixer_options: dict | None = None, mlp_ratio: float = 4.0, norm: str = "layernorm",
+                 tie_embeddings: bool = False):
+        super().__init__()
+        self.vocab_size, self.d_model, self.n_layers, self.max_len = vocab_size, d_model, n_layers, max_len
+        self.mixer_name, self.tie_embeddings = mixer, tie_embeddings
+        options = dict(mixer_options or {})
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.blocks = nn.ModuleList(
+            Block(d_model, mixers.build(mixer, d_model, max_len, **options), mlp_ratio, norm) for _ in range(n_layers)
+        )
+        self.norm = make_norm(norm, d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self._init_backbone()
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def _init_backbone(self) -> None:
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.head.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.normal_(block.mlp.fc.weight, std=0.02)
+            nn.init.normal_(block.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.n_layers))
+            nn.init.zeros_(block.mlp.fc.bias)
+            nn.init.zeros_(block.mlp.proj.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens (batch, n)`` -> ``logits (batch, n, vocab)``."""
+        if tokens.shape[1] > self.max_len:
+            raise ValueError(f"input of {tokens.shape[1]} tokens exceeds model.max_len={self.max_len}")
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+    @property
+    def mixer_modules(self) -> list[nn.Module]:
+        return [block.mixer for block in self.blocks]
+
+    @property
+    def backend(self) -> str:
+        return self.blocks[0].mixer.backend
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total (tied weights once), mixer-only, and non-embedding (without embedding and head)."""
+        total = sum(p.numel() for p in self.parameters())
+        mixer = sum(p.numel() for m in self.mixer_modules for p in m.parameters())
+        io = self.embed.weight.numel() + (0 if self.tie_embeddings else self.head.weight.numel())
+        return {"total": total, "mixer": mixer, "non_embedding": total - io}
+
+    def flop_terms(self, length: int) -> dict[str, float]:
+        """Analytic forward FLOPs for one sequence of ``length`` tokens, by component.
+
+        The embedding is a lookup (0 FLOPs); each block adds two norms, its mixer, the MLP and
+        two residual adds; then the final norm and the head.
+        """
+        n, d, L = length, self.d_model, self.n_layers
+        hidden = self.blocks[0].mlp.hidden
+        mixer_flops = sum(m.flops(n) for m in self.mixer_modules)
+        return {
+            "embedding": 0.0,
+            "mixer": mixer_flops,
+            "mlp": L * (F.linear(n, d, hidden, True) + F.linear(n, hidden, d, True) + 8.0 * n * hidden),
+            "norm_residual": (2 * L + 1) * F.layer_norm(n, d) + 2 * L * n * d,
+            "head": F.linear(n, d, self.vocab_size),
+        }
+
+    def flops(self, length: int) -> float:
+        return float(sum(self.flop_terms(length).values()))
+
+    def parameter_flops(self, length: int) -> float:
+        """Per forward pass, independent of batch size (mixers' filters and kernel spectra)."""
+        return float(sum(m.parameter_flops(length) for m in self.mixer_modules))
+
+    def step_flops(self, batch: int, length: int) -> float:
+        """Training FLOPs of one step on ``(batch, length)`` inputs: 3 x forward."""
+        return F.TRAIN_MULTIPLIER * (batch * self.flops(length) + self.parameter_flops(length))

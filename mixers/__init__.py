@@ -1,0 +1,74 @@
+"""The mixer registry: ``register``, ``build(name, d_model, max_len, **options)``, ``available()``.
+
+One file per mixer; the registry name equals the file name. A new mixer needs its file (decorated
+with ``@register("name")``), an import line below, and ``conf/mixer/<name>.yaml``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from mixers.base import Mixer
+
+_REGISTRY: dict[str, type[Mixer]] = {}
+
+
+class UnknownMixerError(ValueError):
+    """Raised for a mixer name that is not registered; the message lists the valid names."""
+
+
+def register(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
+    """Class decorator adding a ``Mixer`` subclass to the registry under ``name``."""
+
+    def decorate(cls: type[Mixer]) -> type[Mixer]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"mixer {name!r} is already registered by {_REGISTRY[name].__name__}")
+        if not issubclass(cls, Mixer):
+            raise TypeError(f"{cls.__name__} must subclass mixers.base.Mixer")
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> list[str]:
+    """Sorted names of all registered mixers."""
+    return sorted(_REGISTRY)
+
+
+def mixer_class(name: str) -> type[Mixer]:
+    """The class registered under ``name``; a clear error listing valid names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownMixerError(
+            f"unknown mixer {name!r}; valid mixers: {', '.join(available())}"
+        ) from None
+
+
+def options_of(name: str) -> dict[str, inspect.Parameter]:
+    """Keyword options a mixer accepts besides ``d_model`` and ``max_len``."""
+    params = inspect.signature(mixer_class(name).__init__).parameters
+    return {k: p for k, p in params.items() if k not in ("self", "d_model", "max_len")}
+
+
+def build(name: str, d_model: int, max_len: int, **options) -> Mixer:
+    """Instantiate mixer ``name`` for ``(batch, length <= max_len, d_model)`` inputs.
+
+    Unknown option names raise a ``TypeError`` naming them and the options the mixer accepts.
+    """
+    cls = mixer_class(name)
+    valid = options_of(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"mixer {name!r} got unknown option(s) {unknown}; valid options: {', '.join(valid)}"
+        )
+    return cls(d_model=d_model, max_len=max_len, **options)
+
+
+# Registration happens on import; keep this list in alphabetical order.
+from mixers import attention, hyena, mamba, tmm  # noqa: E402,F401
+
+__all__ = ["Mixer", "register", "build", "available", "mixer_class", "options_of", "UnknownMixerError"]

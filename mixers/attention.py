@@ -1,0 +1,71 @@
+"""Multi-head causal self-attention with rotary position embeddings (Su et al. 2021).
+
+q, k, v projections, RoPE (rotate-half form) on q and k, ``F.scaled_dot_product_attention`` with
+``is_causal=True`` (PyTorch picks flash, memory-efficient or math kernels), output projection.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.nn import functional as TF
+
+from mixers import register
+from mixers.base import Mixer
+from mixers.ops import flops as F
+
+
+def rotary_cos_sin(length: int, head_dim: int, base: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables ``(length, head_dim)`` for rotate-half RoPE."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)  # (length, head_dim)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x (batch, heads, length, head_dim)`` rotated position-wise by the tables."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+@register("attention")
+class CausalSelfAttention(Mixer):
+    """Causal multi-head attention: ``(batch, length, d_model) -> (batch, length, d_model)``."""
+
+    time_complexity = "O(n^2)"
+    memory_complexity = "O(n) with flash kernels, O(n^2) on the math path"
+
+    def __init__(self, d_model: int, max_len: int, heads: int = 4, rope_base: float = 10000.0, bias: bool = False):
+        super().__init__(d_model, max_len)
+        if heads < 1 or d_model % heads or (d_model // heads) % 2:
+            raise ValueError(f"attention: d_model={d_model} must split into heads={heads} of even size")
+        self.heads, self.head_dim, self.rope_base = heads, d_model // heads, rope_base
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.bias = bias
+
+    @property
+    def backend(self) -> str:
+        return f"torch-sdpa-{self.qkv.weight.device.type}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+        n = x.shape[1]
+        q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.heads)
+        cos, sin = rotary_cos_sin(n, self.head_dim, self.rope_base, x.device, q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, h, n, e)
+        return self.out_proj(rearrange(y, "b h n e -> b n (h e)"))
+
+    def flop_terms(self, length: int) -> dict[str, float]:
+        n, d = length, self.d_model
+        pairs = n * (n + 1) / 2  # unmasked query-key pairs
+        return {
+            "matmul": F.linear(n, d, 3 * d, self.bias) + F.linear(n, d, d, self.bias),
+            # q.k scores and probability-weighted values over the causal pairs, all heads
+            "scan": 2 * (2.0 * pairs * d),
+            # RoPE on q and k (3 per element), softmax (about 5 per score: max, sub, exp, sum, div)
+            "elementwise": 6.0 * n * d + 5.0 * pairs * self.heads,
+        }

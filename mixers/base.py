@@ -1,0 +1,52 @@
+"""The contract every sequence mixer fulfils.
+
+A mixer maps ``(batch, length, d_model)`` to ``(batch, length, d_model)`` and is strictly causal:
+output position ``t`` depends on input positions ``<= t`` only. It reports its analytic forward
+FLOPs per sequence (``flop_terms`` / ``flops``), its declared complexity, and the backend that ran.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+class Mixer(nn.Module):
+    """Base class of all registered mixers.
+
+    Subclasses set ``time_complexity`` and ``memory_complexity`` (training, in sequence length n and
+    width d, as the paper states them) and implement ``flop_terms``.
+    """
+
+    time_complexity: str = "?"
+    memory_complexity: str = "?"
+
+    def __init__(self, d_model: int, max_len: int):
+        super().__init__()
+        self.d_model = d_model
+        self.max_len = max_len
+
+    @property
+    def backend(self) -> str:
+        """Which implementation runs the forward pass (e.g. ``torch-fft``, ``mamba_ssm-cuda``)."""
+        return "pytorch"
+
+    def flop_terms(self, length: int) -> dict[str, float]:
+        """Analytic forward FLOPs for one sequence of ``length`` tokens, split by kind.
+
+        Keys are ``matmul`` (dense products, 2mnk, including projections and convolutions),
+        ``fft`` (real FFTs at 2.5 N log2 N plus spectral products), ``scan`` (recurrences, score
+        and value products of attention) and ``elementwise`` (activations, gates, norms).
+        See ``mixers/ops/flops.py`` for every convention.
+        """
+        raise NotImplementedError
+
+    def parameter_flops(self, length: int) -> float:
+        """FLOPs done once per forward pass whatever the batch size (filters or kernel spectra
+        computed from parameters alone). Zero unless a mixer says otherwise."""
+        return 0.0
+
+    def flops(self, length: int) -> float:
+        """Analytic forward FLOPs for one sequence of ``length`` tokens."""
+        return float(sum(self.flop_terms(length).values()))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, max_len={self.max_len}, backend={self.backend}"

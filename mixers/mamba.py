@@ -1,0 +1,224 @@
+"""Mamba (Gu & Dao 2023) and Mamba2 (Dao & Gu 2024, SSD) selective state-space mixers.
+
+Backends (``impl``), all with identical hyperparameters (mamba_ssm's defaults) and initialisation:
+
+- ``kernels``: mamba_ssm's ``Mamba2`` / ``Mamba`` with their fused CUDA and Triton kernels.
+- ``torch``: ``Mamba2Torch`` below, mamba_ssm's Mamba2 layer in plain PyTorch with the chunked
+  SSD scan of ``mixers/ops/ssd.py``; its parameter names equal mamba_ssm's and transformers', so
+  state dicts move between all three (tests compare it with transformers' ``Mamba2Mixer``).
+- ``transformers``: transformers' ``Mamba2Mixer`` / ``MambaMixer`` through their pure-PyTorch
+  reference paths (slow on CPU: they materialise a (batch, chunks, len, len, heads, state) tensor).
+
+``auto`` takes ``kernels`` with CUDA and mamba_ssm, else ``torch`` for Mamba2 and ``transformers``
+for Mamba (version 1). ``backend`` records which ran.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+
+import torch
+from torch import nn
+
+from mixers import register
+from mixers.base import Mixer
+from mixers.ops import flops as F
+from mixers.ops.ssd import ssd_chunked
+
+log = logging.getLogger(__name__)
+
+
+def kernels_available() -> bool:
+    """True when mamba_ssm imports and a CUDA device is present."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("mamba_ssm") is None:
+        return False
+    try:
+        import mamba_ssm  # noqa: F401
+    except Exception as err:  # a broken build must not take the CPU path down with it
+        log.warning("mamba_ssm is installed but does not import (%s); using the PyTorch path", err)
+        return False
+    return True
+
+
+def causal_conv1d_available() -> bool:
+    return importlib.util.find_spec("causal_conv1d") is not None
+
+
+def _quiet_transformers() -> None:
+    """transformers logs a 'falling back to its reference implementation' line per call site."""
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def init_dt_bias(heads: int, dt_min: float, dt_max: float, floor: float = 1e-4) -> torch.Tensor:
+    """mamba_ssm's initialisation: softplus(dt_bias) log-uniform in [dt_min, dt_max]."""
+    dt = torch.exp(torch.rand(heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+class GatedRMSNorm(nn.Module):
+    """``rmsnorm(y * silu(z)) * weight`` within groups of ``group_size`` channels (norm after gate)."""
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.group_size, self.eps = group_size, eps
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = y * nn.functional.silu(z)
+        g = y.unflatten(-1, (-1, self.group_size))
+        g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return g.flatten(-2).to(y.dtype) * self.weight
+
+
+class Mamba2Torch(nn.Module):
+    """mamba_ssm's Mamba2 layer (non-fused path) in PyTorch: ``(batch, n, d) -> (batch, n, d)``."""
+
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, headdim: int, ngroups: int,
+                 chunk_size: int, dt_min: float, dt_max: float, a_init_min: float, a_init_max: float):
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.heads, self.headdim, self.ngroups, self.d_state = self.d_inner // headdim, headdim, ngroups, d_state
+        self.chunk_size = chunk_size
+        conv_dim = self.d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, self.d_inner + conv_dim + self.heads, bias=False)  # z, xBC, dt
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1, bias=True)
+        self.dt_bias = nn.Parameter(init_dt_bias(self.heads, dt_min, dt_max))
+        self.A_log = nn.Parameter(torch.empty(self.heads).uniform_(a_init_min, a_init_max).log())
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.norm = GatedRMSNorm(self.d_inner, self.d_inner // ngroups)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        n = u.shape[1]
+        z, xbc, dt = self.in_proj(u).split([self.d_inner, self.conv1d.in_channels, self.heads], dim=-1)
+        xbc = nn.functional.silu(self.conv1d(xbc.transpose(1, 2))[..., :n].transpose(1, 2))
+        x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype  # scan precision
+        x = x.unflatten(-1, (self.heads, self.headdim)).to(ct)  # (b, n, h, p)
+        B = B.unflatten(-1, (self.ngroups, self.d_state)).to(ct)
+        C = C.unflatten(-1, (self.ngroups, self.d_state)).to(ct)
+        dt = nn.functional.softplus(dt.to(ct) + self.dt_bias.to(ct))  # (b, n, h)
+        A = -torch.exp(self.A_log.to(ct))
+        y = ssd_chunked(x, dt, A, B, C, min(self.chunk_size, n))
+        y = y + x * self.D.to(ct)[:, None]
+        y = self.norm(y.flatten(-2).to(u.dtype), z)
+        return self.out_proj(y)
+
+
+@register("mamba")
+class MambaMixer(Mixer):
+    """Mamba2 (``version=2``, default) or Mamba (``version=1``): ``(batch, n, d_model) -> same``."""
+
+    time_complexity = "O(n)"
+    memory_complexity = "O(n)"
+
+    def __init__(self, d_model: int, max_len: int, version: int = 2, d_state: int = 128, d_conv: int = 4,
+                 expand: int = 2, headdim: int = 64, ngroups: int = 1, chunk_size: int = 256,
+                 dt_min: float = 0.001, dt_max: float = 0.1, a_init_min: float = 1.0, a_init_max: float = 16.0,
+                 impl: str = "auto"):
+        super().__init__(d_model, max_len)
+        if version not in (1, 2):
+            raise ValueError(f"mamba: version must be 1 or 2, got {version}")
+        if impl not in ("auto", "kernels", "torch", "transformers"):
+            raise ValueError(f"mamba: impl must be auto, kernels, torch or transformers, got {impl!r}")
+        d_inner = expand * d_model
+        if version == 2 and d_inner % headdim:
+            raise ValueError(f"mamba: expand * d_model = {d_inner} is not divisible by headdim={headdim}")
+        self.version, self.d_state, self.d_conv, self.expand = version, d_state, d_conv, expand
+        self.d_inner, self.headdim, self.ngroups, self.chunk_size = d_inner, headdim, ngroups, chunk_size
+        self.dt_rank = math.ceil(d_model / 16)
+        if impl == "auto":
+            impl = "kernels" if kernels_available() else ("torch" if version == 2 else "transformers")
+        if impl == "torch" and version == 1:
+            raise ValueError("mamba: impl=torch implements Mamba2 only; use impl=transformers or kernels for version 1")
+        if impl == "kernels":
+            self.inner, self._backend = self._build_mamba_ssm(dt_min, dt_max, a_init_min, a_init_max)
+        elif impl == "torch":
+            self.inner = Mamba2Torch(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, dt_min, dt_max,
+                                     a_init_min, a_init_max)
+            self._backend = "torch-ssd-chunked"
+        else:
+            self.inner, self._backend = self._build_transformers(dt_min, dt_max, a_init_min, a_init_max)
+
+    def _build_mamba_ssm(self, dt_min, dt_max, a_min, a_max) -> tuple[nn.Module, str]:
+        from mamba_ssm import Mamba, Mamba2
+
+        if self.version == 1:
+            module = Mamba(self.d_model, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
+                           dt_min=dt_min, dt_max=dt_max)
+            return module, "mamba_ssm-cuda-selective-scan"
+        fused = causal_conv1d_available()
+        module = Mamba2(self.d_model, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
+                        headdim=self.headdim, ngroups=self.ngroups, chunk_size=self.chunk_size,
+                        dt_min=dt_min, dt_max=dt_max, A_init_range=(a_min, a_max), use_mem_eff_path=fused)
+        return module, "mamba_ssm-triton-ssd" + ("-fused-causal_conv1d" if fused else "-unfused")
+
+    def _build_transformers(self, dt_min, dt_max, a_min, a_max) -> tuple[nn.Module, str]:
+        _quiet_transformers()
+        if self.version == 1:
+            from transformers import MambaConfig
+            from transformers.models.mamba.modeling_mamba import MambaMixer as HFMamba
+
+            cfg = MambaConfig(hidden_size=self.d_model, state_size=self.d_state, conv_kernel=self.d_conv,
+                              expand=self.expand, time_step_rank=self.dt_rank, time_step_min=dt_min,
+                              time_step_max=dt_max, use_bias=False, use_conv_bias=True, num_hidden_layers=1)
+            return HFMamba(cfg, layer_idx=0), "transformers-torch-reference"
+        from transformers import Mamba2Config
+        from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMamba2
+
+        cfg = Mamba2Config(hidden_size=self.d_model, state_size=self.d_state, conv_kernel=self.d_conv,
+                           expand=self.expand, head_dim=self.headdim, num_heads=self.d_inner // self.headdim,
+                           n_groups=self.ngroups, chunk_size=self.chunk_size, time_step_min=dt_min,
+                           time_step_max=dt_max, use_bias=False, use_conv_bias=True, num_hidden_layers=1)
+        module = HFMamba2(cfg, layer_idx=0)
+        with torch.no_grad():  # mamba_ssm's A initialisation (transformers uses A = 1..heads)
+            module.A_log.copy_(torch.empty_like(module.A_log).uniform_(a_min, a_max).log())
+        return module, "transformers-torch-reference"
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+        if self._backend.startswith("mamba_ssm") and not x.is_cuda:
+            raise RuntimeError("mamba: built with mamba_ssm kernels, which need CUDA inputs; use impl=torch on CPU")
+        return self.inner(x)
+
+    def flop_terms(self, length: int) -> dict[str, float]:
+        n, d, di, N = length, self.d_model, self.d_inner, self.d_state
+        if self.version == 1:
+            R = self.dt_rank
+            return {
+                "matmul": F.linear(n, d, 2 * di) + F.causal_depthwise_conv(n, di, self.d_conv)
+                + F.linear(n, di, R + 2 * N) + F.linear(n, R, di, True) + F.linear(n, di, d),
+                # per token, channel and state: exp(dt A), dt B x, h = a h + b, y += C h
+                "scan": 9.0 * n * di * N,
+                "elementwise": 10.0 * n * di,  # softplus(dt), SiLU of x and z, D skip, gate
+            }
+        H, P, G = di // self.headdim, self.headdim, self.ngroups
+        Q = min(self.chunk_size, n)
+        chunks = math.ceil(n / Q)
+        conv_dim = di + 2 * G * N
+        ssd = chunks * (
+            2.0 * Q * Q * N * G  # C B^T within a chunk, per group
+            + 2.0 * Q * Q * P * H  # masked scores times x, per head
+            + 2.0 * Q * N * P * H  # chunk states B^T x
+            + 2.0 * Q * N * P * H  # inter-chunk output C . state
+            + 2.0 * N * P * H  # state passing between chunks
+            + 3.0 * Q * Q * H  # segment-sum decay mask
+        )
+        return {
+            "matmul": F.linear(n, d, 2 * di + 2 * G * N + H) + F.causal_depthwise_conv(n, conv_dim, self.d_conv)
+            + F.linear(n, di, d),
+            "scan": ssd,
+            "elementwise": 10.0 * n * di,  # SiLU of conv output and gate, D skip, gated RMSNorm
+        }

@@ -1,0 +1,1 @@
+"""Math kernels apart from modules: each fast path sits beside its simple reference."""

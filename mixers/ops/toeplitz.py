@@ -1,0 +1,56 @@
+"""Causal Toeplitz products (= causal long convolutions) along the last axis.
+
+``y[..., i] = sum_{j <= i} k[..., i - j] * x[..., j]``, i.e. ``y = T x`` with the lower-triangular
+Toeplitz matrix ``T[i, j] = k[i - j]`` for ``j <= i`` and 0 above the diagonal.
+
+``causal_toeplitz_dense`` builds ``T`` explicitly (O(n^2), the reference); ``causal_toeplitz_fft``
+computes the same product in O(n log n) by zero-padding to a linear (not circular) convolution.
+Both broadcast ``kernel`` against ``x`` over all leading dimensions.
+"""
+from __future__ import annotations
+
+import torch
+
+from mixers.ops.flops import fft_size
+
+
+def toeplitz_matrix(kernel: torch.Tensor, length: int) -> torch.Tensor:
+    """Lower-triangular Toeplitz matrices ``(..., length, length)`` from ``kernel (..., >= length)``."""
+    idx = torch.arange(length, device=kernel.device)
+    lag = idx[:, None] - idx[None, :]  # (length, length): i - j
+    matrix = kernel[..., lag.clamp(min=0)]  # (..., length, length)
+    return matrix.masked_fill(lag < 0, 0.0)
+
+
+def causal_toeplitz_dense(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Reference: ``x (..., n)``, ``kernel (..., >= n)`` broadcastable -> ``(..., n)`` via the dense matrix."""
+    n = x.shape[-1]
+    matrix = toeplitz_matrix(kernel[..., :n], n)
+    return (matrix @ x.unsqueeze(-1)).squeeze(-1)
+
+
+def _transform_dtype(t: torch.Tensor) -> torch.Tensor:
+    """torch.fft has no bfloat16 and only power-of-two float16: transform those in float32."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def kernel_spectrum(kernel: torch.Tensor, length: int) -> torch.Tensor:
+    """Real FFT of ``kernel[..., :length]`` at the causal-convolution size (float32 or float64)."""
+    return torch.fft.rfft(_transform_dtype(kernel[..., :length]), n=fft_size(length))
+
+
+def causal_toeplitz_fft(
+    x: torch.Tensor, kernel: torch.Tensor, spectrum: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Fast path: ``x (..., n)``, ``kernel (..., >= n)`` broadcastable -> ``(..., n)`` in O(n log n).
+
+    Half-precision inputs are transformed in float32 (torch.fft has no bfloat16); the result is
+    cast back to ``x.dtype``. Pass ``spectrum = kernel_spectrum(kernel, n)`` to reuse a kernel's FFT.
+    """
+    n = x.shape[-1]
+    n_fft = fft_size(n)
+    if spectrum is None:
+        spectrum = kernel_spectrum(kernel, n)
+    x_f = torch.fft.rfft(_transform_dtype(x), n=n_fft)
+    y = torch.fft.irfft(x_f * spectrum, n=n_fft)[..., :n]
+    return y.to(x.dtype)

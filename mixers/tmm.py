@@ -1,0 +1,121 @@
+"""Toeplitz MLP Mixer token mixing (Badger & Roland, arXiv 2605.06683).
+
+Attention is replaced by a learned lower-triangular Toeplitz matrix over the sequence: per head a
+vector ``w`` of length ``max_len`` gives ``T[i, j] = w[i - j]`` for ``j <= i``, plus a learned bias
+per output position. Following the authors' reference code (``ParallelToeplitzHeads``): an input
+projection, d_model split into ``heads`` contiguous channel groups, one Toeplitz vector and one
+per-position bias per head (shared by that head's channels), concatenation, output projection.
+``heads=1, projections=False`` is the paper's flat layer (one vector shared by all channels);
+``expanded=True`` is Toeplitz -> SiLU -> Toeplitz with independent weights. Toeplitz weights use
+Kaiming-normal initialisation (std sqrt(2 / max_len)) and zero bias, as in the reference code.
+Shorter inputs use the leading part of the kernel and bias.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from mixers import register
+from mixers.base import Mixer
+from mixers.ops import flops as F
+from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_fft, kernel_spectrum
+
+
+class ToeplitzCausal(nn.Module):
+    """Per-head causal Toeplitz product with per-position bias over ``(batch, heads, channels, n)``."""
+
+    def __init__(self, heads: int, max_len: int, impl: str):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(heads, max_len) * math.sqrt(2.0 / max_len))
+        self.bias = nn.Parameter(torch.zeros(heads, max_len))
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, heads, channels, n)`` -> same shape."""
+        n = x.shape[-1]
+        kernel = self.weight[:, None, :n]  # (heads, 1, n), shared by the head's channels and the batch
+        if self.impl == "fft":
+            y = causal_toeplitz_fft(x, kernel, spectrum=kernel_spectrum(kernel, n))
+        else:
+            y = causal_toeplitz_dense(x, kernel)
+        return y + self.bias[:, None, :n]
+
+
+@register("tmm")
+class ToeplitzMixer(Mixer):
+    """Multi-head Toeplitz token mixing: ``(batch, length, d_model) -> (batch, length, d_model)``."""
+
+    time_complexity = "O(n log n)"
+    memory_complexity = "O(n)"
+
+    def __init__(
+        self,
+        d_model: int,
+        max_len: int,
+        heads: int = 1,
+        projections: bool = True,
+        expanded: bool = False,
+        dropout: float = 0.0,
+        impl: str = "fft",
+    ):
+        super().__init__(d_model, max_len)
+        if heads < 1 or d_model % heads:
+            raise ValueError(f"tmm: d_model={d_model} is not divisible by heads={heads}")
+        if impl not in ("fft", "dense"):
+            raise ValueError(f"tmm: impl must be 'fft' or 'dense', got {impl!r}")
+        self.heads, self.projections, self.expanded, self.impl = heads, projections, expanded, impl
+        self.toeplitz = ToeplitzCausal(heads, max_len, impl)
+        if expanded:
+            self.toeplitz2 = ToeplitzCausal(heads, max_len, impl)
+            self.dropout = nn.Dropout(dropout)
+        if projections:
+            self.in_proj = nn.Linear(d_model, d_model)
+            self.out_proj = nn.Linear(d_model, d_model)
+            for proj in (self.in_proj, self.out_proj):
+                nn.init.kaiming_normal_(proj.weight)
+                nn.init.zeros_(proj.bias)
+
+    @property
+    def backend(self) -> str:
+        return f"torch-{self.impl}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+        if self.projections:
+            x = self.in_proj(x)
+        u = rearrange(x, "b n (h e) -> b h e n", h=self.heads)
+        u = self.toeplitz(u)
+        if self.expanded:
+            u = self.toeplitz2(self.dropout(nn.functional.silu(u)))
+        y = rearrange(u, "b h e n -> b n (h e)")
+        return self.out_proj(y) if self.projections else y
+
+    def _toeplitz_terms(self, n: int) -> dict[str, float]:
+        d = self.d_model
+        if self.impl == "fft":
+            spectral = F.fft_causal_conv(n, d)
+            return {"fft": spectral, "elementwise": float(n * d)}  # + bias
+        # dense: the full (n x n) masked matrix times each channel, zeros included, as computed.
+        return {"matmul": 2.0 * n * n * d, "elementwise": float(n * d)}
+
+    def flop_terms(self, length: int) -> dict[str, float]:
+        n, d = length, self.d_model
+        terms: dict[str, float] = {"matmul": 0.0, "fft": 0.0, "elementwise": 0.0}
+        layers = 2 if self.expanded else 1
+        for key, value in self._toeplitz_terms(n).items():
+            terms[key] += layers * value
+        if self.expanded:
+            terms["elementwise"] += 4.0 * n * d  # SiLU
+        if self.projections:
+            terms["matmul"] += 2 * F.linear(n, d, d, bias=True)
+        return terms
+
+    def parameter_flops(self, length: int) -> float:
+        """Once per forward pass, independent of batch: the kernels' spectra (FFT path only)."""
+        if self.impl != "fft":
+            return 0.0
+        layers = 2 if self.expanded else 1
+        return layers * F.real_fft(F.fft_size(length), self.heads)

@@ -1,0 +1,32 @@
+"""Shared fixtures: small sizes so the whole suite runs in minutes on 2 CPU cores."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixers
+
+# Options giving each registered mixer (and notable variants) a small, fast instance.
+MIXER_CASES = {
+    "tmm": {"heads": 2},
+    "tmm-flat": {"heads": 1, "projections": False},
+    "tmm-expanded": {"heads": 2, "expanded": True},
+    "tmm-dense": {"heads": 2, "impl": "dense"},
+    "attention": {"heads": 2},
+    "mamba": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
+    "mamba-v1": {"version": 1, "d_state": 4, "impl": "transformers"},
+    "hyena": {"filter_width": 16},
+}
+
+
+def case_mixer(case: str) -> str:
+    return case.split("-")[0]
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def test_every_registered_mixer_has_a_case():
+    assert {case_mixer(c) for c in MIXER_CASES} == set(mixers.available())

@@ -1,0 +1,84 @@
+"""The FFT causal Toeplitz product equals the dense masked-matrix reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixers
+from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_fft, toeplitz_matrix
+
+MAX_LEN = 256
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm().clamp(min=1e-30))
+
+
+def test_toeplitz_matrix_by_hand():
+    k = torch.tensor([1.0, 2.0, 3.0])
+    assert torch.equal(toeplitz_matrix(k, 3), torch.tensor([[1.0, 0, 0], [2, 1, 0], [3, 2, 1]]))
+
+
+# (x shape without length, kernel shape without length): one kernel, per-head kernels shared by
+# channels (tmm), per-channel kernels (hyena)
+SHAPES = [((3,), ()), ((2, 4, 5), (4, 1)), ((1, 8, 1), (8, 1)), ((2, 6), (6,))]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 100, 255, MAX_LEN])
+@pytest.mark.parametrize("x_shape,k_shape", SHAPES)
+def test_fft_equals_dense_fp32(n, x_shape, k_shape):
+    gen = torch.Generator().manual_seed(n * 7 + len(x_shape))
+    x = torch.randn(*x_shape, n, generator=gen)
+    kernel = torch.randn(*k_shape, MAX_LEN, generator=gen)
+    ref, fast = causal_toeplitz_dense(x, kernel), causal_toeplitz_fft(x, kernel)
+    assert fast.shape == ref.shape == x.shape
+    assert rel_err(fast, ref) < 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, MAX_LEN])
+def test_fft_gradients_equal_dense(n):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(2, 3, n, generator=gen, requires_grad=True)
+    k = torch.randn(3, MAX_LEN, generator=gen, requires_grad=True)
+    w = torch.randn(2, 3, n, generator=gen)
+    grads = []
+    for op in (causal_toeplitz_dense, causal_toeplitz_fft):
+        x.grad = k.grad = None
+        (op(x, k[:, :]) * w).sum().backward()
+        grads.append((x.grad.clone(), k.grad.clone()))
+    assert rel_err(grads[1][0], grads[0][0]) < 1e-5
+    assert rel_err(grads[1][1], grads[0][1]) < 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 128])
+@pytest.mark.parametrize("options", [{"heads": 4}, {"heads": 1, "projections": False}, {"heads": 2, "expanded": True}])
+def test_tmm_fft_module_equals_dense_module(n, options):
+    torch.manual_seed(n)
+    fast = mixers.build("tmm", 32, 128, impl="fft", **options)
+    dense = mixers.build("tmm", 32, 128, impl="dense", **options)
+    dense.load_state_dict(fast.state_dict())
+    with torch.no_grad():  # non-zero biases so the per-position bias is exercised too
+        for m in (fast, dense):
+            m.toeplitz.bias.copy_(torch.linspace(-1, 1, m.toeplitz.bias.numel()).view_as(m.toeplitz.bias))
+    x = torch.randn(3, n, 32)
+    assert rel_err(fast(x), dense(x)) < 1e-5
+
+
+def test_tmm_shorter_inputs_use_the_leading_part_of_the_kernel():
+    torch.manual_seed(0)
+    m = mixers.build("tmm", 8, 64, heads=1, projections=False)
+    x = torch.randn(1, 64, 8)
+    with torch.no_grad():
+        assert torch.allclose(m(x[:, :10]), m(x)[:, :10], atol=1e-5)
+
+
+def test_tmm_flat_layer_matches_the_definition():
+    """y[i, c] = sum_{j <= i} w[i - j] x[j, c] + bias[i], one vector shared by all channels."""
+    torch.manual_seed(0)
+    m = mixers.build("tmm", 4, 6, heads=1, projections=False)
+    with torch.no_grad():
+        m.toeplitz.bias.uniform_()
+    x = torch.randn(1, 6, 4)
+    w, b = m.toeplitz.weight[0], m.toeplitz.bias[0]
+    expected = torch.stack([sum(w[i - j] * x[0, j] for j in range(i + 1)) + b[i] for i in range(6)])
+    assert torch.allclose(m(x)[0], expected, atol=1e-5)
