@@ -8,7 +8,7 @@ ARGS   ?=
 # On a CPU-only machine, sweeps run one single-threaded process per core (hydra-joblib-launcher);
 # with CUDA they run one after another on the GPU. Evaluated after `setup`, when .venv exists.
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
-LAUNCH  = $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else 'hydra/launcher=cpu_parallel hydra.launcher.n_jobs=$(JOBS) train.threads=1')")
+LAUNCH  = $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else 'hydra/launcher=cpu_parallel hydra.launcher.n_jobs=$(JOBS) concurrent_runs=$(JOBS) train.threads=1')")
 
 .PHONY: setup test copy-benchmark report clean
 

@@ -115,7 +115,8 @@ class SequenceModel(nn.Module):
         return {
             "embedding": 0.0,
             "mixer": mixer_flops,
-            "mlp": L * (F.linear(n, d, hidden, True) + F.linear(n, hidden, d, True) + 8.0 * n * hidden),
+            # two linear layers, GELU (counted 4 per element) and biases
+            "mlp": L * (F.linear(n, d, hidden) + F.linear(n, hidden, d) + 5.0 * n * hidden + n * d),
             "norm_residual": (2 * L + 1) * F.layer_norm(n, d) + 2 * L * n * d,
             "head": F.linear(n, d, self.vocab_size),
         }

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 # Keys that say where or how verbosely a run writes, not what it computes.
-NON_IDENTITY_KEYS = ("results_dir", "force")
+NON_IDENTITY_KEYS = ("results_dir", "force", "concurrent_runs")
 NON_IDENTITY_TRAIN_KEYS = ("progress",)
 
 

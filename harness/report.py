@@ -38,7 +38,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-IGNORED_KEYS = ("seed", "results_dir", "force", "train.progress", "train.threads")
+IGNORED_KEYS = ("seed", "results_dir", "force", "concurrent_runs", "train.progress", "train.threads")
 
 
 def varying_keys(records: list[dict]) -> list[str]:
@@ -132,7 +132,9 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
         for t in THRESHOLDS:
             row[f"FLOPs to {int(t * 100)}%"] = _reach(ok, t)
         row["peak memory (MB)"] = (f"{max(r['memory']['peak_bytes'] for r in ok) / 2**20:.0f}" if ok else "-")
-        row["tokens/s"] = (f"{sum(r['throughput']['tokens_per_s'] for r in ok) / len(ok):,.0f}" if ok else "-")
+        shared = max((r["config"].get("concurrent_runs", 1) for r in ok), default=1)
+        row["tokens/s"] = (f"{sum(r['throughput']['tokens_per_s'] for r in ok) / len(ok):,.0f}"
+                           + (f" ({shared} runs sharing the device)" if shared > 1 else "") if ok else "-")
         row["train time (s)"] = (f"{sum(r['timing']['train_s'] for r in ok) / len(ok):.0f}" if ok else "-")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -36,6 +36,8 @@ class CausalSelfAttention(Mixer):
 
     time_complexity = "O(n^2)"
     memory_complexity = "O(n) with flash kernels, O(n^2) on the math path"
+    time_exponent = 2.0
+    memory_exponent = 1.0  # PyTorch's SDPA runs flash kernels on CPU and GPU
 
     def __init__(self, d_model: int, max_len: int, heads: int = 4, rope_base: float = 10000.0, bias: bool = False):
         super().__init__(d_model, max_len)
@@ -63,9 +65,9 @@ class CausalSelfAttention(Mixer):
         n, d = length, self.d_model
         pairs = n * (n + 1) / 2  # unmasked query-key pairs
         return {
-            "matmul": F.linear(n, d, 3 * d, self.bias) + F.linear(n, d, d, self.bias),
+            "matmul": F.linear(n, d, 3 * d) + F.linear(n, d, d),
             # q.k scores and probability-weighted values over the causal pairs, all heads
-            "scan": 2 * (2.0 * pairs * d),
-            # RoPE on q and k (3 per element), softmax (about 5 per score: max, sub, exp, sum, div)
-            "elementwise": 6.0 * n * d + 5.0 * pairs * self.heads,
+            "attention": 2 * (2.0 * pairs * d),
+            # RoPE on q and k (3 per element), softmax (about 5 per score: max, sub, exp, sum, div), biases
+            "elementwise": 6.0 * n * d + 5.0 * pairs * self.heads + (4.0 * n * d if self.bias else 0.0),
         }

@@ -18,6 +18,10 @@ class Mixer(nn.Module):
 
     time_complexity: str = "?"
     memory_complexity: str = "?"
+    # the same as exponents of n (per sequence, training): what the scaling benchmark's fitted
+    # log-log slopes are compared with
+    time_exponent: float = float("nan")
+    memory_exponent: float = float("nan")
 
     def __init__(self, d_model: int, max_len: int):
         super().__init__()
@@ -32,17 +36,20 @@ class Mixer(nn.Module):
     def flop_terms(self, length: int) -> dict[str, float]:
         """Analytic forward FLOPs for one sequence of ``length`` tokens, split by kind.
 
-        Keys are ``matmul`` (dense products, 2mnk, including projections and convolutions),
-        ``fft`` (real FFTs at 2.5 N log2 N plus spectral products), ``scan`` (recurrences, score
-        and value products of attention) and ``elementwise`` (activations, gates, norms).
-        See ``mixers/ops/flops.py`` for every convention.
+        Keys are ``matmul`` (dense products, 2mnk: projections, convolutions, chunked scans),
+        ``attention`` (scores and values of attention), ``fft`` (real FFTs at 2.5 N log2 N plus
+        spectral products), ``scan`` (sequential recurrences) and ``elementwise`` (activations,
+        gates, biases). See ``mixers/ops/flops.py`` for every convention.
         """
         raise NotImplementedError
 
-    def parameter_flops(self, length: int) -> float:
+    def parameter_flop_terms(self, length: int) -> dict[str, float]:
         """FLOPs done once per forward pass whatever the batch size (filters or kernel spectra
-        computed from parameters alone). Zero unless a mixer says otherwise."""
-        return 0.0
+        computed from parameters alone), by kind. None unless a mixer says otherwise."""
+        return {}
+
+    def parameter_flops(self, length: int) -> float:
+        return float(sum(self.parameter_flop_terms(length).values()))
 
     def flops(self, length: int) -> float:
         """Analytic forward FLOPs for one sequence of ``length`` tokens."""

@@ -91,6 +91,8 @@ class HyenaOperator(Mixer):
 
     time_complexity = "O(n log n)"
     memory_complexity = "O(n)"
+    time_exponent = 1.0
+    memory_exponent = 1.0
 
     def __init__(self, d_model: int, max_len: int, filter_width: int = 64, emb_dim: int = 3, inner_layers: int = 2,
                  sin_freq: float = 1.0, short_filter: int = 3, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
@@ -128,15 +130,16 @@ class HyenaOperator(Mixer):
     def flop_terms(self, length: int) -> dict[str, float]:
         n, d = length, self.d_model
         return {
-            "matmul": F.linear(n, d, 3 * d, True) + F.linear(n, d, d, True)
-            + F.causal_depthwise_conv(n, 3 * d, self.short_filter),
+            "matmul": F.linear(n, d, 3 * d) + F.linear(n, d, d) + F.causal_depthwise_conv(n, 3 * d, self.short_filter),
             "fft": F.fft_causal_conv(n, d),
-            "elementwise": 4.0 * n * d,  # two gates, skip multiply and add
+            "elementwise": 4.0 * n * d + 7.0 * n * d,  # two gates, skip multiply and add; biases
         }
 
-    def parameter_flops(self, length: int) -> float:
+    def parameter_flop_terms(self, length: int) -> dict[str, float]:
         """Filter MLP, sine activations and decay modulation over ``length`` positions, and the filters' FFT."""
-        n, d, w = length, self.d_model, self.filter_width
-        mlp = F.linear(n, self.emb_dim, w, True) + self.inner_layers * F.linear(n, w, w, True) + F.linear(n, w, d)
-        activations = 2.0 * n * w * (self.inner_layers + 1)
-        return mlp + activations + 3.0 * n * d + F.real_fft(F.fft_size(n), d)
+        n, d, w, layers = length, self.d_model, self.filter_width, self.inner_layers
+        return {
+            "matmul": F.linear(n, self.emb_dim, w) + layers * F.linear(n, w, w) + F.linear(n, w, d),
+            "elementwise": (2.0 * n * w + n * w) * (layers + 1) + 3.0 * n * d,  # sin(freq x), biases, decay
+            "fft": F.real_fft(F.fft_size(n), d),
+        }

@@ -119,6 +119,8 @@ class MambaMixer(Mixer):
 
     time_complexity = "O(n)"
     memory_complexity = "O(n)"
+    time_exponent = 1.0
+    memory_exponent = 1.0
 
     def __init__(self, d_model: int, max_len: int, version: int = 2, d_state: int = 128, d_conv: int = 4,
                  expand: int = 2, headdim: int = 64, ngroups: int = 1, chunk_size: int = 256,
@@ -199,26 +201,26 @@ class MambaMixer(Mixer):
             R = self.dt_rank
             return {
                 "matmul": F.linear(n, d, 2 * di) + F.causal_depthwise_conv(n, di, self.d_conv)
-                + F.linear(n, di, R + 2 * N) + F.linear(n, R, di, True) + F.linear(n, di, d),
-                # per token, channel and state: exp(dt A), dt B x, h = a h + b, y += C h
-                "scan": 9.0 * n * di * N,
-                "elementwise": 10.0 * n * di,  # softplus(dt), SiLU of x and z, D skip, gate
+                + F.linear(n, di, R + 2 * N) + F.linear(n, R, di) + F.linear(n, di, d)
+                + 2.0 * n * di * N,  # y = C h, a product per step
+                # per token, channel and state: exp(dt A), dt B x, h = a h + b
+                "scan": 7.0 * n * di * N,
+                "elementwise": 14.0 * n * di,  # dt bias and softplus, SiLU of x and z, D skip, gate
             }
         H, P, G = di // self.headdim, self.headdim, self.ngroups
         Q = min(self.chunk_size, n)
         chunks = math.ceil(n / Q)
         conv_dim = di + 2 * G * N
-        ssd = chunks * (
+        ssd_products = chunks * (
             2.0 * Q * Q * N * G  # C B^T within a chunk, per group
-            + 2.0 * Q * Q * P * H  # masked scores times x, per head
+            + 2.0 * Q * Q * P * H  # decayed scores times x, per head
             + 2.0 * Q * N * P * H  # chunk states B^T x
             + 2.0 * Q * N * P * H  # inter-chunk output C . state
-            + 2.0 * N * P * H  # state passing between chunks
-            + 3.0 * Q * Q * H  # segment-sum decay mask
         )
         return {
             "matmul": F.linear(n, d, 2 * di + 2 * G * N + H) + F.causal_depthwise_conv(n, conv_dim, self.d_conv)
-            + F.linear(n, di, d),
-            "scan": ssd,
-            "elementwise": 10.0 * n * di,  # SiLU of conv output and gate, D skip, gated RMSNorm
+            + F.linear(n, di, d) + ssd_products,
+            "scan": 2.0 * chunks * N * P * H,  # states carried from chunk to chunk
+            # decay masks exp(a_i - a_j), scores x mask, dt x, D skip, SiLU, softplus, gated RMSNorm
+            "elementwise": chunks * 3.0 * Q * Q * H + 16.0 * n * di,
         }

@@ -50,6 +50,8 @@ class ToeplitzMixer(Mixer):
 
     time_complexity = "O(n log n)"
     memory_complexity = "O(n)"
+    time_exponent = 1.0
+    memory_exponent = 1.0
 
     def __init__(
         self,
@@ -67,6 +69,9 @@ class ToeplitzMixer(Mixer):
         if impl not in ("fft", "dense"):
             raise ValueError(f"tmm: impl must be 'fft' or 'dense', got {impl!r}")
         self.heads, self.projections, self.expanded, self.impl = heads, projections, expanded, impl
+        if impl == "dense":  # the reference materialises the (n x n) matrix
+            self.time_complexity, self.memory_complexity = "O(n^2)", "O(n^2)"
+            self.time_exponent = self.memory_exponent = 2.0
         self.toeplitz = ToeplitzCausal(heads, max_len, impl)
         if expanded:
             self.toeplitz2 = ToeplitzCausal(heads, max_len, impl)
@@ -97,7 +102,7 @@ class ToeplitzMixer(Mixer):
         d = self.d_model
         if self.impl == "fft":
             spectral = F.fft_causal_conv(n, d)
-            return {"fft": spectral, "elementwise": float(n * d)}  # + bias
+            return {"fft": spectral, "elementwise": float(n * d)}  # + per-position bias
         # dense: the full (n x n) masked matrix times each channel, zeros included, as computed.
         return {"matmul": 2.0 * n * n * d, "elementwise": float(n * d)}
 
@@ -110,12 +115,13 @@ class ToeplitzMixer(Mixer):
         if self.expanded:
             terms["elementwise"] += 4.0 * n * d  # SiLU
         if self.projections:
-            terms["matmul"] += 2 * F.linear(n, d, d, bias=True)
+            terms["matmul"] += 2 * F.linear(n, d, d)
+            terms["elementwise"] += 2.0 * n * d  # projection biases
         return terms
 
-    def parameter_flops(self, length: int) -> float:
+    def parameter_flop_terms(self, length: int) -> dict[str, float]:
         """Once per forward pass, independent of batch: the kernels' spectra (FFT path only)."""
         if self.impl != "fft":
-            return 0.0
+            return {}
         layers = 2 if self.expanded else 1
-        return layers * F.real_fft(F.fft_size(length), self.heads)
+        return {"fft": layers * F.real_fft(F.fft_size(length), self.heads)}

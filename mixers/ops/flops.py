@@ -3,7 +3,13 @@
 - A dense product of an (m, k) by a (k, n) matrix costs ``2 m n k`` (one multiply, one add).
 - A real FFT (rfft or irfft) of length N costs ``2.5 N log2 N`` (half a complex FFT's 5 N log2 N).
 - A complex multiply costs 6 real FLOPs; a complex multiply-accumulate 8.
-- Elementwise operations cost one FLOP per element per operation, as listed at each call site.
+- Elementwise operations cost one FLOP per element per operation (bias adds, residual adds, gates);
+  GELU, SiLU and softplus count 4 (sigmoid or tanh, multiply), exp 1, as listed at each call site.
+- Depthwise convolutions count what ``nn.Conv1d(padding=k - 1)`` computes: n + k - 1 outputs.
+- Keys of ``flop_terms``: ``matmul`` (everything computed as dense products: linear layers,
+  convolutions, dense Toeplitz, SSD chunk products; what ``torch.utils.flop_counter`` counts on
+  CPU), ``attention`` (scores and values inside scaled_dot_product_attention), ``fft``, ``scan``
+  (sequential recurrences), ``elementwise``.
 - Training = forward + backward = 3 x forward unless a mixer states otherwise.
 - Causal attention counts only the n(n+1)/2 unmasked query-key pairs, as a causal kernel computes.
 """
@@ -14,9 +20,12 @@ import math
 TRAIN_MULTIPLIER = 3
 
 
-def linear(tokens: int, d_in: int, d_out: int, bias: bool = False) -> float:
-    """A linear layer applied to ``tokens`` vectors: ``2 tokens d_in d_out`` (+ bias adds)."""
-    return 2.0 * tokens * d_in * d_out + (tokens * d_out if bias else 0.0)
+def linear(tokens: int, d_in: int, d_out: int) -> float:
+    """The product of a linear layer applied to ``tokens`` vectors: ``2 tokens d_in d_out``.
+
+    A bias adds ``tokens d_out`` elementwise FLOPs, counted by the caller under ``elementwise``.
+    """
+    return 2.0 * tokens * d_in * d_out
 
 
 def fft_size(length: int) -> int:
@@ -41,8 +50,9 @@ def fft_causal_conv(length: int, channels: int) -> float:
 
 
 def causal_depthwise_conv(length: int, channels: int, kernel_size: int) -> float:
-    """Depthwise causal convolution with ``kernel_size`` taps (multiply-add per tap)."""
-    return 2.0 * length * channels * kernel_size
+    """Depthwise causal convolution with ``kernel_size`` taps, as ``nn.Conv1d(padding=k - 1)`` computes
+    it: ``length + k - 1`` outputs (the last ``k - 1`` are discarded), a multiply-add per tap."""
+    return 2.0 * (length + kernel_size - 1) * channels * kernel_size
 
 
 def layer_norm(tokens: int, d: int) -> float:

@@ -9,6 +9,8 @@ Both broadcast ``kernel`` against ``x`` over all leading dimensions.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mixers.ops.flops import fft_size
@@ -23,10 +25,21 @@ def toeplitz_matrix(kernel: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def causal_toeplitz_dense(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Reference: ``x (..., n)``, ``kernel (..., >= n)`` broadcastable -> ``(..., n)`` via the dense matrix."""
+    """Reference: ``x (..., n)``, ``kernel (..., >= n)`` broadcastable -> ``(..., n)`` via the dense matrix.
+
+    One (n x n) matrix per distinct kernel, applied as a batched product to every signal that
+    shares it (as the TMM reference code does: ``x (rows, n) @ W^T``), never expanded per signal.
+    """
     n = x.shape[-1]
-    matrix = toeplitz_matrix(kernel[..., :n], n)
-    return (matrix @ x.unsqueeze(-1)).squeeze(-1)
+    lead = x.shape[:-1]
+    k_lead = (1,) * (len(lead) - (kernel.dim() - 1)) + tuple(kernel.shape[:-1])
+    own = [i for i, (a, b) in enumerate(zip(lead, k_lead)) if b != 1]  # dims with a kernel each
+    shared = [i for i in range(len(lead)) if i not in own]  # dims that share one kernel
+    xs = x.permute(*own, *shared, len(lead)).reshape(math.prod(lead[i] for i in own), -1, n)
+    matrix = toeplitz_matrix(kernel[..., :n].reshape(-1, n), n)  # (kernels, n, n)
+    y = xs @ matrix.transpose(-1, -2)  # (kernels, signals per kernel, n)
+    y = y.reshape(*(lead[i] for i in own), *(lead[i] for i in shared), n)
+    return y.permute(*torch.argsort(torch.tensor(own + shared)).tolist(), len(lead))
 
 
 def _transform_dtype(t: torch.Tensor) -> torch.Tensor:

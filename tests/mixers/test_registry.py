@@ -32,7 +32,7 @@ def test_contract(case):
     assert isinstance(mixer, mixers.Mixer)
     assert mixer.backend and mixer.time_complexity != "?"
     terms = mixer.flop_terms(64)
-    assert set(terms) <= {"matmul", "fft", "scan", "elementwise"}
+    assert set(terms) <= {"matmul", "attention", "fft", "scan", "elementwise"}
     assert mixer.flops(64) == pytest.approx(sum(terms.values())) and mixer.flops(64) > 0
     assert mixer.flops(64) > mixer.flops(32)
     assert mixer(torch.randn(2, 5, 16)).shape == (2, 5, 16)

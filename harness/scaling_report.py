@@ -1,0 +1,99 @@
+"""Tables and log-log plots of a scaling-benchmark result (see ``harness.scaling``)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.environment import hardware_label  # noqa: E402
+from harness.report import save_figure, write_table  # noqa: E402
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _cell(row: dict, key: str, scale: float, digits: int) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return f"{row[key] * scale:.{digits}f}"
+
+
+def scaling_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Summary (slopes beside declared complexity), time (ms) and activation memory (MB) per length."""
+    summary, times, memory = [], [], []
+    gpu = result["environment"].get("device") == "cuda"
+    mem_key = "activation_peak_bytes" if gpu else "saved_bytes"
+    for name, v in result["variants"].items():
+        fitted, declared = v["fitted"], v["declared"]
+        params = next((r["params"] for r in v["rows"] if r["status"] == "ok"), None)
+        row = {"variant": name, "backend": v["backend"], "params": params,
+               "declared time": declared["time_complexity"], "time slope": _fmt(fitted["time"]),
+               "declared memory": declared["memory_complexity"],
+               "memory slope (saved)": _fmt(fitted["saved_memory"])}
+        if gpu:
+            row["memory slope (peak)"] = _fmt(fitted.get("peak_memory", float("nan")))
+        row["fit over n"] = f"{fitted['fit_lengths'][0]}-{fitted['fit_lengths'][-1]}" if fitted["fit_lengths"] else "-"
+        summary.append(row)
+        times.append({"variant": name, **{str(r["length"]): _cell(r, "median_s", 1e3, 2) for r in v["rows"]}})
+        memory.append({"variant": name, **{str(r["length"]): _cell(r, mem_key, 2**-20, 0) for r in v["rows"]}})
+    return pd.DataFrame(summary), pd.DataFrame(times), pd.DataFrame(memory)
+
+
+def plot_scaling(result: dict, out_dir: Path) -> list[Path]:
+    gpu = result["environment"].get("device") == "cuda"
+    mem_key = "activation_peak_bytes" if gpu else "saved_bytes"
+    title = f"{hardware_label(result['environment'])}, d_model {result['config']['scaling']['d_model']}, " \
+            f"{result['config']['scaling']['tokens_per_batch']:,} tokens per batch, {result['config']['scaling']['dtype']}"
+    paths = []
+    for key, scale, ylabel, stem, slope_key in (
+        ("median_s", 1e3, "forward + backward time per batch (ms)", "time_vs_length", "time"),
+        (mem_key, 2**-20, "activation memory per batch (MB)" + (" (allocator peak)" if gpu else " (saved for backward)"),
+         "memory_vs_length", "peak_memory" if gpu else "saved_memory"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for name, v in result["variants"].items():
+            ok = [r for r in v["rows"] if r["status"] == "ok"]
+            if not ok:
+                continue
+            slope = v["fitted"].get(slope_key, float("nan"))
+            line, = ax.plot([r["length"] for r in ok], [r[key] * scale for r in ok], marker="o",
+                            label=f"{name} (slope {_fmt(slope)} per seq.)")
+            oom = [r for r in v["rows"] if r["status"] == "oom"]
+            if oom:
+                ax.plot([r["length"] for r in oom], [ok[-1][key] * scale] * len(oom), "x", color=line.get_color(),
+                        markersize=9)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length n (batch = tokens / n; x: out of memory)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        paths += save_figure(fig, out_dir, stem)
+    return paths
+
+
+def write_scaling_report(result: dict, out_dir: Path) -> list[Path]:
+    summary, times, memory = scaling_tables(result)
+    env = result["environment"]
+    pk = env.get("packages", {})
+    stamp = (f"Hardware: {hardware_label(env)}; torch {pk.get('torch')}, CUDA {env.get('cuda', '-')}, "
+             f"mamba-ssm {pk.get('mamba-ssm', '-')}, causal-conv1d {pk.get('causal-conv1d', '-')}, "
+             f"triton {pk.get('triton', '-')}; git {env.get('git')}.")
+    s = result["config"]["scaling"]
+    setup = (f"Mixer forward + backward only, d_model {s['d_model']}, {s['tokens_per_batch']:,} tokens per batch "
+             f"(batch = tokens / n), {s['dtype']}, median of {s['repeats']} after {s['warmup']} warm-up passes. "
+             f"Slopes: least-squares log-log fit of per-sequence time and memory (batch value / batch) against n.")
+    paths = write_table(summary, out_dir, "table", f"# Scaling with sequence length\n\n{stamp}\n\n{setup}")
+    paths += write_table(times, out_dir, "time_ms", "# Forward + backward time per batch (ms)")
+    paths += write_table(memory, out_dir, "memory_mb",
+                         "# Activation memory per batch (MB)" + (" (CUDA allocator peak above parameters and inputs)"
+                                                                 if env.get("device") == "cuda" else
+                                                                 " (bytes saved for backward)"))
+    return paths + plot_scaling(result, out_dir)

@@ -1,0 +1,57 @@
+"""The report builds its tables and plots from a handful of records, failures shown as such."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from harness import report
+from harness.records import write_atomic
+from harness.run import execute
+from tests.harness.helpers import make_config
+
+TINY = ("train.steps=4", "train.eval_every=2", "train.warmup_steps=1", "task.max_train_len=4",
+        "task.eval_lengths=[2,4,8]", "task.eval_samples=8", "model.d_model=16", "benchmark=tiny")
+
+
+def make_records(tmp_path):
+    for mixer, heads in (("tmm", "mixer.heads=2"), ("attention", "mixer.heads=2")):
+        for protocol in ("variable", "fixed"):
+            for seed in (0, 1):
+                execute(make_config(f"mixer={mixer}", heads, f"task.protocol={protocol}", f"seed={seed}", *TINY,
+                                    results_dir=tmp_path))
+    # a run that ran out of memory, as a sweep would record it
+    oom = dict(json.loads(next((tmp_path / "runs").glob("copy-tmm-*.json")).read_text()))
+    oom.update(status="oom", error="CUDA out of memory", id="x")
+    oom["config"] = {**oom["config"], "seed": 7}
+    for key in ("final", "curve", "memory", "throughput", "timing"):
+        oom.pop(key, None)
+    write_atomic(tmp_path / "runs" / "copy-tmm-oom.json", oom)
+
+
+def test_report_writes_tables_and_plots(tmp_path, capsys):
+    make_records(tmp_path)
+    (tmp_path / "runs" / "half-written.json").write_text("{")
+    assert report.main(["--benchmark", "tiny", "--results-dir", str(tmp_path)]) == 0
+    out_dir = tmp_path / "copy" / "test"
+    for name in ("table.md", "table.csv", "table.tex", "accuracy_vs_length.png", "accuracy_vs_length.pdf",
+                 "loss_vs_flops.png", "loss_vs_flops.pdf"):
+        assert (out_dir / name).stat().st_size > 0, name
+    assert "half-written.json" in capsys.readouterr().out
+    table = pd.read_csv(out_dir / "table.csv")
+    assert sorted(zip(table["mixer"], table["protocol"])) == [
+        ("attention", "fixed"), ("attention", "variable"), ("tmm", "fixed"), ("tmm", "variable")]
+    assert {"acc L2 (%)", "acc L8 (%)", "FLOPs to 90%", "FLOPs to 99%", "params", "backend", "tokens/s",
+            "peak memory (MB)"} <= set(table.columns)
+    tmm_rows = table[table["mixer"] == "tmm"]
+    assert any("1 oom" in note for note in tmm_rows["runs"])  # shown as a failure, not as zeros
+    assert "±" in table["acc L4 (%)"].iloc[0]
+    assert (out_dir / "table.md").read_text().startswith("# tiny (test profile)")
+
+
+def test_flops_to_reach():
+    curve = [{"train_flops": 1.0, "accuracy_in": 0.5}, {"train_flops": 2.0, "accuracy_in": 0.95},
+             {"train_flops": 3.0, "accuracy_in": 0.999}]
+    assert report.flops_to_reach(curve, 0.9) == 2.0
+    assert report.flops_to_reach(curve, 0.99) == 3.0
+    assert report.flops_to_reach(curve, 1.0) is None

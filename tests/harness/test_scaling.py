@@ -1,0 +1,61 @@
+"""The scaling benchmark runs end to end on small CPU sizes, and no mixer's declared complexity is
+contradicted by what it does: memory saved for backward (deterministic) and analytic FLOPs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import mixers
+from harness.scaling import loglog_slope, main_with
+from tests.conftest import MIXER_CASES, case_mixer
+
+VARIANTS = {
+    "tmm": {"mixer": "tmm"},
+    "tmm-dense": {"mixer": "tmm", "impl": "dense"},
+    "attention": {"mixer": "attention"},
+    "mamba": {"mixer": "mamba", "impl": "torch", "d_state": 16, "headdim": 16, "chunk_size": 16},
+    "hyena": {"mixer": "hyena"},
+}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scaling")
+    # batch 1 at every length, so per-pass work (filters, kernel spectra, dense matrices) is not
+    # amortised over a batch and the per-sequence slopes are the declared exponents
+    cfg = {"scaling": {"profile": "test", "device": "cpu", "d_model": 16, "tokens_per_batch": 1,
+                       "lengths": [128, 256, 512, 1024, 2048], "warmup": 1, "repeats": 2, "dtype": "fp32", "threads": None},
+           "variants": VARIANTS, "only": None, "results_dir": str(out), "fit_from": 0.4}
+    res = main_with(cfg)
+    res["out_dir"] = out / "scaling" / "test"
+    return res
+
+
+def test_writes_tables_and_plots(result):
+    for name in ("measurements.json", "table.md", "table.csv", "table.tex", "time_ms.md", "memory_mb.md",
+                 "time_vs_length.png", "time_vs_length.pdf", "memory_vs_length.png", "memory_vs_length.pdf"):
+        assert (result["out_dir"] / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_saved_memory_does_not_contradict_declared_complexity(result, variant):
+    v = result["variants"][variant]
+    assert all(r["status"] == "ok" for r in v["rows"])
+    slope = v["fitted"]["saved_memory"]
+    assert slope <= v["declared"]["memory"] + 0.15, (variant, slope)
+    assert slope >= v["declared"]["memory"] - 0.25, (variant, slope)
+
+
+@pytest.mark.parametrize("case", sorted(MIXER_CASES))
+def test_analytic_flops_do_not_contradict_declared_time_complexity(case):
+    mixer = mixers.build(case_mixer(case), 32, 8192, **MIXER_CASES[case])
+    lengths = [1024, 2048, 4096, 8192]
+    slope = loglog_slope(lengths, [mixer.flops(n) for n in lengths])
+    declared = mixer.time_exponent
+    assert declared - 0.05 <= slope <= declared + 0.2, (case, slope, declared)  # + log factors
+
+
+def test_loglog_slope():
+    assert loglog_slope([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
+    assert math.isnan(loglog_slope([1], [1]))
