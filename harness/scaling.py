@@ -37,7 +37,7 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def variant_options(spec: dict) -> tuple[str, dict]:
     """Registry name and options: conf/mixer/<mixer>.yaml overridden by the variant's own keys."""
-    spec = dict(spec)
+    spec = {k: v for k, v in spec.items() if k != "max_length"}
     name = spec.pop("mixer")
     path = Path(CONF_DIR) / "mixer" / f"{name}.yaml"
     if not path.exists():
@@ -54,6 +54,9 @@ def measure_variant(name: str, spec: dict, scfg: dict, device: torch.device) -> 
     for n in scfg["lengths"]:
         batch = max(1, scfg["tokens_per_batch"] // n)
         row = {"variant": name, "mixer": mixer_name, "options": options, "length": n, "batch": batch}
+        if spec.get("max_length") and n > spec["max_length"]:
+            rows.append({**row, "status": "skipped", "error": f"n > max_length={spec['max_length']}"})
+            continue
         mixer = x = grad = None
         try:
             torch.manual_seed(0)

@@ -17,11 +17,18 @@ from mixers.ops.flops import fft_size
 
 
 def toeplitz_matrix(kernel: torch.Tensor, length: int) -> torch.Tensor:
-    """Lower-triangular Toeplitz matrices ``(..., length, length)`` from ``kernel (..., >= length)``."""
-    idx = torch.arange(length, device=kernel.device)
-    lag = idx[:, None] - idx[None, :]  # (length, length): i - j
-    matrix = kernel[..., lag.clamp(min=0)]  # (..., length, length)
-    return matrix.masked_fill(lag < 0, 0.0)
+    """Lower-triangular Toeplitz matrices ``(..., length, length)`` from ``kernel (..., >= length)``.
+
+    Built by tiling ``u = [k[n-1], ..., k[0], 0 x (n-1)]`` and reading it with a row stride one
+    shorter than ``u``, so row i starts at ``u[n-1-i]``: no gather, whose backward would
+    accumulate n^2 gradients into n entries with atomics on GPU.
+    """
+    n = length
+    u = torch.cat([kernel[..., :n].flip(-1), kernel.new_zeros(*kernel.shape[:-1], n - 1)], dim=-1)  # (..., 2n-1)
+    tiled = u.repeat(*([1] * (u.dim() - 1)), n)[..., n - 1 : n - 1 + n * (2 * n - 2)]
+    if n == 1:
+        return u[..., None]
+    return tiled.reshape(*kernel.shape[:-1], n, 2 * n - 2)[..., :n]
 
 
 def causal_toeplitz_dense(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

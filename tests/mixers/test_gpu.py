@@ -23,7 +23,7 @@ def test_fft_toeplitz_bf16_on_gpu(n):
 
 
 @pytest.mark.skipif(not kernels_available(), reason="needs mamba_ssm")
-@pytest.mark.parametrize("length", [1, 37, 256, 700])
+@pytest.mark.parametrize("length", [37, 700])
 def test_mamba_ssm_kernels_equal_torch_path(length):
     torch.manual_seed(0)
     fused = mixers.build("mamba", 128, 1024, impl="kernels").cuda()
