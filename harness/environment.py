@@ -20,6 +20,10 @@ def _version(package: str) -> str | None:
 
 
 def git_revision() -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted changes), or $MIXBENCH_GIT_REVISION where the
+    code runs from a copy without .git (e.g. a GPU machine)."""
+    if os.environ.get("MIXBENCH_GIT_REVISION"):
+        return os.environ["MIXBENCH_GIT_REVISION"]
     root = Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)

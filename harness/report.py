@@ -1,4 +1,5 @@
-"""Records -> tables (Markdown, CSV, LaTeX) and plots (PNG, PDF) under ``results/<task>/<profile>/``.
+"""Records -> tables (Markdown, CSV, LaTeX) and plots (PNG, PDF) under ``results/<benchmark>/<profile>/``
+(``copy_benchmark`` -> ``results/copy/``; other names as they are).
 
     python -m harness.report --benchmark copy_benchmark
     python -m harness.report --all
@@ -251,8 +252,7 @@ def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> 
         if r["config"].get("benchmark") == benchmark:
             by_profile[r["config"]["train"]["profile"]].append(r)
     for profile, runs in sorted(by_profile.items()):
-        task = runs[0]["config"]["task"]["name"]
-        out_dir = results_dir / task / profile
+        out_dir = results_dir / benchmark.removesuffix("_benchmark") / profile
         header = f"# {benchmark} ({profile} profile)\n\n{describe(runs)}"
         written += write_table(summary_table(runs), out_dir, "table", header)
         title = f"{benchmark}, {hardware_label(runs[0]['environment'])}"

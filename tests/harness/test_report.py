@@ -33,7 +33,7 @@ def test_report_writes_tables_and_plots(tmp_path, capsys):
     make_records(tmp_path)
     (tmp_path / "runs" / "half-written.json").write_text("{")
     assert report.main(["--benchmark", "tiny", "--results-dir", str(tmp_path)]) == 0
-    out_dir = tmp_path / "copy" / "test"
+    out_dir = tmp_path / "tiny" / "test"
     for name in ("table.md", "table.csv", "table.tex", "accuracy_vs_length.png", "accuracy_vs_length.pdf",
                  "loss_vs_flops.png", "loss_vs_flops.pdf"):
         assert (out_dir / name).stat().st_size > 0, name
