@@ -88,6 +88,28 @@ class SequenceModel(nn.Module):
             x = block(x)
         return self.head(self.norm(x))
 
+    # ---- generation ---------------------------------------------------------------------------
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """Parallel forward over a prompt ``tokens (batch, n)``: logits ``(batch, n, vocab)`` and the
+        per-layer decoding states."""
+        x, states = self.embed(tokens), []
+        for block in self.blocks:
+            y, state = block.mixer.prefill(block.norm1(x))
+            x = x + y
+            x = x + block.mlp(block.norm2(x))
+            states.append(state)
+        return self.head(self.norm(x)), states
+
+    def decode(self, token: torch.Tensor, states: list[dict]) -> tuple[torch.Tensor, list[dict]]:
+        """One step: ``token (batch,)`` -> next-token logits ``(batch, vocab)`` and updated states."""
+        x, new = self.embed(token), []
+        for block, state in zip(self.blocks, states):
+            y, state = block.mixer.step(block.norm1(x), state)
+            x = x + y
+            x = x + block.mlp(block.norm2(x))
+            new.append(state)
+        return self.head(self.norm(x)), new
+
     @property
     def mixer_modules(self) -> list[nn.Module]:
         return [block.mixer for block in self.blocks]

@@ -52,14 +52,33 @@ class CausalSelfAttention(Mixer):
     def backend(self) -> str:
         return f"torch-sdpa-{self.qkv.weight.device.type}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+    def _qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated q, k and v ``(batch, heads, n, head_dim)`` for ``x`` at positions ``start..start+n-1``."""
         n = x.shape[1]
         q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.heads)
-        cos, sin = rotary_cos_sin(n, self.head_dim, self.rope_base, x.device, q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        cos, sin = rotary_cos_sin(start + n, self.head_dim, self.rope_base, x.device, q.dtype)
+        cos, sin = cos[start:], sin[start:]
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+        return self.prefill(x)[0]
+
+    supports_decode = True  # with a KV cache
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        q, k, v = self._qkv(x, 0)
         y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, h, n, e)
-        return self.out_proj(rearrange(y, "b h n e -> b n (h e)"))
+        return self.out_proj(rearrange(y, "b h n e -> b n (h e)")), {"k": k, "v": v}
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        q, k, v = self._qkv(x[:, None], state["k"].shape[2])
+        k, v = torch.cat([state["k"], k], dim=2), torch.cat([state["v"], v], dim=2)
+        y = TF.scaled_dot_product_attention(q, k, v)  # one query attends to every cached position
+        return self.out_proj(rearrange(y, "b h 1 e -> b (h e)")), {"k": k, "v": v}
+
+    def state_size(self, length: int) -> int:
+        return 2 * length * self.d_model  # keys and values
 
     def flop_terms(self, length: int) -> dict[str, float]:
         n, d = length, self.d_model

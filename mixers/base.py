@@ -6,6 +6,7 @@ FLOPs per sequence (``flop_terms`` / ``flops``), its declared complexity, and th
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -54,6 +55,23 @@ class Mixer(nn.Module):
     def flops(self, length: int) -> float:
         """Analytic forward FLOPs for one sequence of ``length`` tokens."""
         return float(sum(self.flop_terms(length).values()))
+
+    # ---- generation: a cache or recurrent state, one token at a time -------------------------
+    supports_decode: bool = False
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Parallel forward over a prompt ``x (batch, n, d_model)`` that also returns the decoding
+        state after it. Mixers with a decode path override this."""
+        raise NotImplementedError(f"{type(self).__name__} has no decode path")
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token ``x (batch, d_model)`` -> ``(batch, d_model)``, given and returning the state."""
+        raise NotImplementedError(f"{type(self).__name__} has no decode path")
+
+    def state_size(self, length: int) -> int:
+        """Values held per sequence (one layer) to decode the token after ``length`` tokens: a KV
+        cache or input history grows with length, a recurrent state does not."""
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, max_len={self.max_len}, backend={self.backend}"

@@ -117,15 +117,40 @@ class HyenaOperator(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+        return self.prefill(x)[0]
+
+    # Decoding keeps the short convolution's last inputs and the history of the long convolution's
+    # input (v * x1): O(n d), O(t d) work for the token after t.
+    supports_decode = True
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         n = x.shape[1]
-        u = self.in_proj(x).transpose(1, 2)  # (b, 3d, n)
-        u = self.short_conv(u)[..., :n]  # causal: keep the first n outputs of the left-padded conv
+        projected = self.in_proj(x).transpose(1, 2)  # (b, 3d, n)
+        u = self.short_conv(projected)[..., :n]  # causal: keep the first n outputs of the left-padded conv
         x0, x1, v = u.chunk(3, dim=1)  # (b, d, n) each
         h = self.filter(n)  # (d, n)
         v = v * x1
+        state = {"conv": nn.functional.pad(projected, (self.short_filter - 1, 0))[..., n:], "history": v,
+                 "filter": self.filter(self.max_len)}  # position-wise MLP: filter(t) = filter(max_len)[:, :t]
         v = causal_toeplitz_fft(v, h, spectrum=kernel_spectrum(h, n)) + v * self.skip[:, None]
         y = (v * x0).transpose(1, 2)  # (b, n, d)
-        return self.out_proj(y)
+        return self.out_proj(y), state
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        window = torch.cat([state["conv"], self.in_proj(x)[..., None]], dim=-1)  # (b, 3d, short_filter)
+        u = (window * self.short_conv.weight[:, 0]).sum(-1) + self.short_conv.bias  # (b, 3d)
+        x0, x1, v = u.chunk(3, dim=1)
+        v = v * x1
+        history = torch.cat([state["history"], v[..., None]], dim=-1)  # (b, d, t)
+        t = history.shape[-1]
+        if t > self.max_len:
+            raise ValueError(f"hyena: cannot decode past max_len={self.max_len}")
+        h = state["filter"][:, :t].flip(-1)  # (d, t): h[t-1-s] against history[s]
+        y = (history * h).sum(-1) + v * self.skip
+        return self.out_proj(y * x0), {"conv": window[..., 1:], "history": history, "filter": state["filter"]}
+
+    def state_size(self, length: int) -> int:
+        return (self.short_filter - 1) * 3 * self.d_model + length * self.d_model
 
     def flop_terms(self, length: int) -> dict[str, float]:
         n, d = length, self.d_model

@@ -97,20 +97,44 @@ class Mamba2Torch(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        n = u.shape[1]
-        z, xbc, dt = self.in_proj(u).split([self.d_inner, self.conv1d.in_channels, self.heads], dim=-1)
-        xbc = nn.functional.silu(self.conv1d(xbc.transpose(1, 2))[..., :n].transpose(1, 2))
+        return self.prefill(u)[0]
+
+    def _scan_inputs(self, xbc: torch.Tensor, dt: torch.Tensor, ct: torch.dtype):
+        """Split the convolved ``xbc (..., conv_dim)``: x ``(..., heads, p)``, B and C ``(..., groups, n)``,
+        softplus(dt + bias) and A, all in ``ct``."""
         x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype  # scan precision
-        x = x.unflatten(-1, (self.heads, self.headdim)).to(ct)  # (b, n, h, p)
+        x = x.unflatten(-1, (self.heads, self.headdim)).to(ct)
         B = B.unflatten(-1, (self.ngroups, self.d_state)).to(ct)
         C = C.unflatten(-1, (self.ngroups, self.d_state)).to(ct)
-        dt = nn.functional.softplus(dt.to(ct) + self.dt_bias.to(ct))  # (b, n, h)
-        A = -torch.exp(self.A_log.to(ct))
-        y = ssd_chunked(x, dt, A, B, C, min(self.chunk_size, n))
+        dt = nn.functional.softplus(dt.to(ct) + self.dt_bias.to(ct))
+        return x, B, C, dt, -torch.exp(self.A_log.to(ct))
+
+    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        n = u.shape[1]
+        z, xbc, dt = self.in_proj(u).split([self.d_inner, self.conv1d.in_channels, self.heads], dim=-1)
+        k = self.conv1d.kernel_size[0]
+        conv_state = nn.functional.pad(xbc.transpose(1, 2), (k - 1, 0))[..., n:]  # last k-1 inputs
+        xbc = nn.functional.silu(self.conv1d(xbc.transpose(1, 2))[..., :n].transpose(1, 2))
+        ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype  # scan precision
+        x, B, C, dt, A = self._scan_inputs(xbc, dt, ct)  # x (b, n, h, p), B and C (b, n, g, N), dt (b, n, h)
+        y, ssm_state = ssd_chunked(x, dt, A, B, C, min(self.chunk_size, n), return_state=True)
         y = y + x * self.D.to(ct)[:, None]
         y = self.norm(y.flatten(-2).to(u.dtype), z)
-        return self.out_proj(y)
+        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+
+    def step(self, u: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token ``u (batch, d_model)``: the recurrence of ``ssd_sequential`` for one step."""
+        z, xbc, dt = self.in_proj(u).split([self.d_inner, self.conv1d.in_channels, self.heads], dim=-1)
+        window = torch.cat([state["conv"], xbc[..., None]], dim=-1)  # (b, conv_dim, k)
+        xbc = nn.functional.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
+        ct = state["ssm"].dtype
+        x, B, C, dt, A = self._scan_inputs(xbc, dt, ct)  # x (b, h, p), B and C (b, g, N), dt (b, h)
+        r = self.heads // self.ngroups
+        B, C = B.repeat_interleave(r, dim=1), C.repeat_interleave(r, dim=1)  # (b, h, N)
+        ssm = state["ssm"] * torch.exp(dt * A)[..., None, None] + (dt[..., None] * x)[..., None] * B[:, :, None, :]
+        y = (ssm * C[:, :, None, :]).sum(-1) + x * self.D.to(ct)[:, None]
+        y = self.norm(y.flatten(-2).to(u.dtype), z)
+        return self.out_proj(y), {"conv": window[..., 1:], "ssm": ssm}
 
 
 @register("mamba")
@@ -155,12 +179,13 @@ class MambaMixer(Mixer):
 
         if self.version == 1:
             module = Mamba(self.d_model, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
-                           dt_min=dt_min, dt_max=dt_max)
+                           dt_min=dt_min, dt_max=dt_max, layer_idx=0)
             return module, "mamba_ssm-cuda-selective-scan"
         fused = causal_conv1d_available()
         module = Mamba2(self.d_model, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
                         headdim=self.headdim, ngroups=self.ngroups, chunk_size=self.chunk_size,
-                        dt_min=dt_min, dt_max=dt_max, A_init_range=(a_min, a_max), use_mem_eff_path=fused)
+                        dt_min=dt_min, dt_max=dt_max, A_init_range=(a_min, a_max), use_mem_eff_path=fused,
+                        layer_idx=0)  # a layer index keys its decoding state in mamba_ssm's InferenceParams
         return module, "mamba_ssm-triton-ssd" + ("-fused-causal_conv1d" if fused else "-unfused")
 
     def _build_transformers(self, dt_min, dt_max, a_min, a_max) -> tuple[nn.Module, str]:
@@ -194,6 +219,37 @@ class MambaMixer(Mixer):
         if self._backend.startswith("mamba_ssm") and not x.is_cuda:
             raise RuntimeError("mamba: built with mamba_ssm kernels, which need CUDA inputs; use impl=torch on CPU")
         return self.inner(x)
+
+    @property
+    def supports_decode(self) -> bool:
+        return not self._backend.startswith("transformers")
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        if self._backend.startswith("mamba_ssm"):
+            from mamba_ssm.utils.generation import InferenceParams
+
+            params = InferenceParams(max_seqlen=self.max_len, max_batch_size=x.shape[0])
+            y = self.inner(x, inference_params=params)
+            conv, ssm = params.key_value_memory_dict[self.inner.layer_idx]
+            return y, {"conv": conv, "ssm": ssm}
+        if isinstance(self.inner, Mamba2Torch):
+            return self.inner.prefill(x)
+        raise NotImplementedError("mamba: the transformers backend has no decode path here; use impl=torch or kernels")
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        if self._backend.startswith("mamba_ssm"):  # updates the states in place
+            y, conv, ssm = self.inner.step(x[:, None], state["conv"], state["ssm"])
+            return y[:, 0], {"conv": conv, "ssm": ssm}
+        if isinstance(self.inner, Mamba2Torch):
+            return self.inner.step(x, state)
+        raise NotImplementedError("mamba: the transformers backend has no decode path here; use impl=torch or kernels")
+
+    def state_size(self, length: int) -> int:
+        """A fixed recurrent state: the SSM state and the convolution's last d_conv - 1 inputs."""
+        if self.version == 1:
+            return self.d_inner * self.d_state + (self.d_conv - 1) * self.d_inner
+        conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        return self.d_inner * self.d_state + (self.d_conv - 1) * conv_dim
 
     def flop_terms(self, length: int) -> dict[str, float]:
         n, d, di, N = length, self.d_model, self.d_inner, self.d_state

@@ -33,6 +33,13 @@ class ToeplitzCausal(nn.Module):
         self.bias = nn.Parameter(torch.zeros(heads, max_len))
         self.impl = impl
 
+    def step(self, history: torch.Tensor) -> torch.Tensor:
+        """Output at the last position from the inputs so far ``history (batch, heads, channels, t)``:
+        ``sum_s w[t-1-s] history[..., s] + bias[t-1]`` -> ``(batch, heads, channels)``."""
+        t = history.shape[-1]
+        kernel = self.weight[:, :t].flip(-1)[:, None, :]  # (heads, 1, t)
+        return (history * kernel.to(history.dtype)).sum(-1) + self.bias[:, None, t - 1].to(history.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, heads, channels, n)`` -> same shape."""
         n = x.shape[-1]
@@ -89,14 +96,41 @@ class ToeplitzMixer(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+        return self.prefill(x)[0]
+
+    # Decoding keeps the history of each Toeplitz layer's inputs, as the reference code does: O(n d)
+    # per layer, O(t d) work for the token after t.
+    supports_decode = True
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         if self.projections:
             x = self.in_proj(x)
         u = rearrange(x, "b n (h e) -> b h e n", h=self.heads)
-        u = self.toeplitz(u)
+        state = {"history": u}
+        y = self.toeplitz(u)
         if self.expanded:
-            u = self.toeplitz2(self.dropout(nn.functional.silu(u)))
-        y = rearrange(u, "b h e n -> b n (h e)")
-        return self.out_proj(y) if self.projections else y
+            state["history2"] = self.dropout(nn.functional.silu(y))
+            y = self.toeplitz2(state["history2"])
+        y = rearrange(y, "b h e n -> b n (h e)")
+        return (self.out_proj(y) if self.projections else y), state
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        if self.projections:
+            x = self.in_proj(x)
+        u = rearrange(x, "b (h e) -> b h e 1", h=self.heads)
+        history = torch.cat([state["history"], u], dim=-1)
+        if history.shape[-1] > self.max_len:
+            raise ValueError(f"tmm: cannot decode past max_len={self.max_len}")
+        y = self.toeplitz.step(history)
+        new = {"history": history}
+        if self.expanded:
+            new["history2"] = torch.cat([state["history2"], nn.functional.silu(y)[..., None]], dim=-1)
+            y = self.toeplitz2.step(new["history2"])
+        y = rearrange(y, "b h e -> b (h e)")
+        return (self.out_proj(y) if self.projections else y), new
+
+    def state_size(self, length: int) -> int:
+        return (2 if self.expanded else 1) * length * self.d_model
 
     def _toeplitz_terms(self, n: int) -> dict[str, float]:
         d = self.d_model

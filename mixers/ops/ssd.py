@@ -41,10 +41,11 @@ def _segment_decay(log_decay: torch.Tensor) -> torch.Tensor:
 
 
 def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                chunk_size: int) -> torch.Tensor:
+                chunk_size: int, return_state: bool = False):
     """Fast path: quadratic attention-like products inside chunks, a short recurrence across chunks.
 
-    O(length * chunk_size) work with dense matrix products; equal to ``ssd_sequential``.
+    O(length * chunk_size) work with dense matrix products; equal to ``ssd_sequential``. With
+    ``return_state`` also the state after the last position, ``(batch, heads, p, n)``.
     """
     batch, length, heads, p = x.shape
     groups = B.shape[2]
@@ -81,5 +82,7 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     # 4. what the entering state contributes inside the chunk: exp(a_{1..i}) C_i state
     from_state = Cc @ rearrange(entering, "b c g r p n -> b c g n (r p)")  # (b, c, g, q, r p)
     y = y + rearrange(from_state, "b c g q (r p) -> b c g r q p", r=r) * torch.exp(a_cum)[..., None]
-    y = rearrange(y, "b c g r q p -> b (c q) (g r) p")
-    return y[:, :length]
+    y = rearrange(y, "b c g r q p -> b (c q) (g r) p")[:, :length]
+    if return_state:  # padding has dt = 0: no decay, no input, so the last state is the length's
+        return y, rearrange(state, "b g r p n -> b (g r) p n")
+    return y

@@ -1,0 +1,138 @@
+"""Generation throughput: prefill a prompt in parallel, then decode token by token.
+
+    python -m harness.generation [mixers=[tmm,attention]] [generation.prompt_length=1024]
+
+Per mixer, inside the identical backbone: prefill time and tokens/s, per-token decode time and
+tokens/s (median of ``repeats``), the decoding state per sequence and layer after the prompt and
+after generation, and the largest difference between decoded logits and the parallel forward's
+logits over the same tokens. Writes results/generation/<profile>/: measurements.json, table.{md,csv,tex}.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from harness.config import ConfigError, resolve_device, to_dict
+from harness.environment import environment, hardware_label
+from harness.model import SequenceModel
+from harness.records import write_atomic
+from harness.report import write_table
+from harness.run import CONF_DIR
+from harness.scaling import DTYPES, variant_options
+
+log = logging.getLogger("mixbench.generation")
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@torch.no_grad()
+def measure_generation(model: SequenceModel, prompt: torch.Tensor, new_tokens: int, dtype, repeats: int) -> dict:
+    """Median prefill and decode times over ``repeats`` (after one warm-up), and the decode-vs-parallel check."""
+    device = prompt.device
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None and device.type == "cuda" else torch.no_grad()
+    prefill_s, decode_s = [], []
+    with autocast:
+        for i in range(repeats + 1):
+            t0 = _clock(device)
+            logits, states = model.prefill(prompt)
+            t1 = _clock(device)
+            tokens = [logits[:, -1].argmax(-1)]
+            for _ in range(new_tokens - 1):
+                step_logits, states = model.decode(tokens[-1], states)
+                tokens.append(step_logits.argmax(-1))
+            t2 = _clock(device)
+            if i:  # the first pass warms up kernels and allocators
+                prefill_s.append(t1 - t0)
+                decode_s.append(t2 - t1)
+        generated = torch.stack(tokens, dim=1)  # (batch, new_tokens)
+        # the same tokens through the parallel forward: decoding must reproduce its logits
+        full = model(torch.cat([prompt, generated[:, :-1]], dim=1))[:, prompt.shape[1] - 1:].float()
+        logits, states = model.prefill(prompt)
+        stepped = [logits[:, -1].float()]
+        for t in range(new_tokens - 1):
+            step_logits, states = model.decode(generated[:, t], states)
+            stepped.append(step_logits.float())
+        diff = (torch.stack(stepped, dim=1) - full).abs().max().item()
+    batch, n = prompt.shape
+    p, d = statistics.median(prefill_s), statistics.median(decode_s)
+    return {"prefill_s": p, "prefill_tokens_per_s": batch * n / p,
+            "decode_s_per_token": d / max(1, new_tokens - 1),
+            "decode_tokens_per_s": batch * max(1, new_tokens - 1) / d,
+            "max_abs_logit_diff": diff, "logit_scale": full.abs().max().item()}
+
+
+def main_with(cfg: dict) -> dict:
+    g = cfg["generation"]
+    device = resolve_device(g["device"])
+    if g["dtype"] not in DTYPES:
+        raise ConfigError(f"generation.dtype: must be one of {', '.join(DTYPES)}, got {g['dtype']!r}")
+    result = {"config": cfg, "environment": environment(device), "rows": []}
+    for name in cfg["mixers"]:
+        mixer, options = variant_options({"mixer": name})
+        total = g["prompt_length"] + g["new_tokens"]
+        torch.manual_seed(0)
+        model = SequenceModel(g["vocab_size"], g["d_model"], g["n_layers"], total, mixer, options).to(device).eval()
+        layer = model.blocks[0].mixer
+        row = {"mixer": name, "backend": model.backend, "params": model.parameter_counts()["total"]}
+        if not layer.supports_decode:
+            row["status"] = "no decode path"
+            result["rows"].append(row)
+            continue
+        gen = torch.Generator(device=device).manual_seed(0)
+        prompt = torch.randint(0, g["vocab_size"], (g["batch_size"], g["prompt_length"]), generator=gen, device=device)
+        try:
+            row.update(measure_generation(model, prompt, g["new_tokens"], DTYPES[g["dtype"]], g["repeats"]))
+            row.update(status="ok", state_after_prompt=layer.state_size(g["prompt_length"]),
+                       state_after_generation=layer.state_size(total))
+            log.info("%-10s prefill %8.0f tok/s, decode %8.0f tok/s, max |logit diff| %.2e", name,
+                     row["prefill_tokens_per_s"], row["decode_tokens_per_s"], row["max_abs_logit_diff"])
+        except torch.OutOfMemoryError as err:
+            row.update(status="oom", error=str(err).splitlines()[0])
+        result["rows"].append(row)
+        del model
+    out_dir = Path(cfg["results_dir"]) / "generation" / g["profile"]
+    write_atomic(out_dir / "measurements.json", result)
+    table = pd.DataFrame([{
+        "mixer": r["mixer"], "backend": r["backend"], "params": r["params"], "status": r["status"],
+        "prefill tokens/s": f"{r['prefill_tokens_per_s']:,.0f}" if r["status"] == "ok" else "-",
+        "decode tokens/s": f"{r['decode_tokens_per_s']:,.0f}" if r["status"] == "ok" else "-",
+        "decode ms/token": f"{1e3 * r['decode_s_per_token']:.2f}" if r["status"] == "ok" else "-",
+        "state/layer after prompt (values)": f"{r['state_after_prompt']:,}" if r["status"] == "ok" else "-",
+        "state/layer after generation": f"{r['state_after_generation']:,}" if r["status"] == "ok" else "-",
+        "max |decode - parallel| logit": f"{r['max_abs_logit_diff']:.1e}" if r["status"] == "ok" else "-",
+    } for r in result["rows"]])
+    header = (f"# Generation throughput\n\n{hardware_label(result['environment'])}, torch "
+              f"{result['environment']['packages'].get('torch')}, {g['dtype']}. Backbone d_model {g['d_model']}, "
+              f"{g['n_layers']} layers; batch {g['batch_size']}, prompt {g['prompt_length']} tokens, then "
+              f"{g['new_tokens']} greedy tokens; median of {g['repeats']} after one warm-up. State: values per "
+              f"sequence and layer (KV cache, input history or recurrent state).")
+    for path in write_table(table, out_dir, "table", header):
+        log.info("wrote %s", path)
+    return result
+
+
+@hydra.main(config_path=CONF_DIR, config_name="generation", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        main_with(to_dict(cfg))
+    except ConfigError as err:
+        log.error("configuration error: %s", err)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    if not any(a.split("=")[0] == "generation" for a in sys.argv[1:]):
+        sys.argv.append("generation=gpu" if torch.cuda.is_available() else "generation=cpu")
+    main()
