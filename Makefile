@@ -10,7 +10,7 @@ ARGS   ?=
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 LAUNCH  = $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else 'hydra/launcher=cpu_parallel hydra.launcher.n_jobs=$(JOBS) concurrent_runs=$(JOBS) train.threads=1')")
 
-.PHONY: setup test copy-benchmark report clean
+.PHONY: setup test copy-benchmark scaling-benchmark generation-benchmark report clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,14 @@ test: setup
 copy-benchmark: setup
 	$(PY) -m harness.run --multirun +experiment=copy_benchmark $(LAUNCH) $(ARGS)
 	$(PY) -m harness.report --benchmark copy_benchmark
+
+# Forward + backward time and memory against sequence length (conf/scaling/{cpu,gpu}.yaml by hardware).
+scaling-benchmark: setup
+	$(PY) -m harness.scaling $(ARGS)
+
+# Prefill and per-token decode throughput through each mixer's cache or state (conf/generation/).
+generation-benchmark: setup
+	$(PY) -m harness.generation $(ARGS)
 
 report: setup
 	$(PY) -m harness.report --all

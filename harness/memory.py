@@ -51,7 +51,7 @@ class PeakMemory:
         self.start_bytes = (_status_kib("VmRSS") or 0) * 1024
 
     def mark_static(self) -> None:
-        """Call right after the first optimizer step."""
+        """Call right after the first optimizer step, before gradients are freed."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.static_bytes = torch.cuda.memory_allocated(self.device)

@@ -180,19 +180,27 @@ def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> l
     for ax, protocol in zip(axes[0], protocols):
         runs = [r for r in ok if group_key(r)[1] == protocol]
         lo, hi = runs[0]["task_summary"]["train_lengths"]
-        ax.axvspan(lo, hi, color="0.9", label="training lengths")
+        if lo == hi:  # a single training length: mark it
+            ax.axvline(lo, color="0.75", linewidth=6, alpha=0.6, label="training length")
+        else:
+            ax.axvspan(lo, hi, color="0.9", label="training lengths")
         extra = tuple(varying_keys(records))
         by_mixer: dict[str, list[dict]] = defaultdict(list)
         for r in runs:
             by_mixer[label(r, extra)].append(r)
+        all_lengths: set[int] = set()
         for mixer, group in sorted(by_mixer.items()):
             names = list(group[0]["final"]["eval"])
             lengths = [int(n.removeprefix("L")) for n in names]
             accs = [[r["final"]["eval"][n]["accuracy"] for r in group] for n in names]
             mean = [sum(a) / len(a) for a in accs]
             color = colors[mixer]
-            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} ({len(group)} seeds)")
-            ax.fill_between(lengths, [min(a) for a in accs], [max(a) for a in accs], color=color, alpha=0.2)
+            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} (mean of {len(group)} seeds)")
+            for i in range(len(group)):  # every seed, thin: a bimodal outcome stays visible
+                ax.plot(lengths, [a[i] for a in accs], color=color, linewidth=0.8, alpha=0.5, linestyle="--")
+            all_lengths.update(lengths)
+        if all_lengths:
+            ax.set_xlim(min(all_lengths) / 1.3, max(all_lengths) * 1.3)
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("string length L")
@@ -230,6 +238,68 @@ def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[P
     return save_figure(fig, out_dir, "loss_vs_flops")
 
 
+def time_to_reach(curve: list[dict], threshold: float, metric: str, below: bool = False) -> tuple[float, float] | None:
+    """(training FLOPs, training seconds) at the first evaluation where ``metric`` reaches ``threshold``
+    (``>=``, or ``<=`` with ``below``)."""
+    for point in curve:
+        value = point.get(metric)
+        if value is not None and (value <= threshold if below else value >= threshold):
+            return point["train_flops"], point["train_time_s"]
+    return None
+
+
+def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOLDS,
+                     losses: tuple[float, ...] = (1.0, 0.1)) -> pd.DataFrame:
+    """Per (mixer, protocol): FLOPs and training wall time to reach accuracy and loss thresholds
+    (in-distribution evaluation), mean over the seeds that reached it."""
+    extra = tuple(varying_keys(records))
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["status"] == "ok":
+            groups[group_key(r, extra)].append(r)
+    rows = []
+    for key, runs in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+        row = {"mixer": key[0], "protocol": key[1], **dict(zip(extra, key[2:]))}
+        targets = [(f"accuracy >= {t:.0%}", "accuracy_in", t, False) for t in accuracy]
+        targets += [(f"loss <= {t:g}", "loss_in", t, True) for t in losses]
+        for label_, metric, t, below in targets:
+            hits = [h for r in runs if (h := time_to_reach(r["curve"], t, metric, below)) is not None]
+            if len(hits) < len(runs):
+                row[f"FLOPs to {label_}"] = row[f"seconds to {label_}"] = f"not reached ({len(hits)}/{len(runs)})"
+            else:
+                row[f"FLOPs to {label_}"] = f"{sum(h[0] for h in hits) / len(hits):.2e}"
+                row[f"seconds to {label_}"] = f"{sum(h[1] for h in hits) / len(hits):.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
+    """Final in-distribution evaluation loss against peak training memory, one point per run."""
+    ok = [r for r in records if r["status"] == "ok"]
+    protocols = sorted({group_key(r)[1] for r in ok})
+    extra = tuple(varying_keys(records))
+    colors = _mixer_colors(list({label(r, extra) for r in ok}))
+    fig, axes = plt.subplots(1, max(1, len(protocols)), figsize=(5 * max(1, len(protocols)), 3.8), squeeze=False)
+    gpu = ok and ok[0]["environment"].get("device") == "cuda"
+    for ax, protocol in zip(axes[0], protocols):
+        labelled = set()
+        for r in sorted((r for r in ok if group_key(r)[1] == protocol), key=lambda r: label(r, extra)):
+            name = label(r, extra)
+            mem = r["memory"].get("activation_peak_bytes" if gpu else "peak_bytes", 0) / 2**20
+            ax.scatter([mem], [max(r["final"]["loss_in"], 1e-6)], color=colors[name], label=None if name in labelled else name)
+            labelled.add(name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("peak training memory (MB, " + ("activations above weights, grads, optimizer" if gpu
+                                                       else "process RSS") + ")")
+        ax.set_ylabel("final eval loss, in-distribution")
+        ax.set_title(f"{protocol} protocol")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out_dir, "loss_vs_memory")
+
+
 def describe(records: list[dict]) -> str:
     """One paragraph: hardware, software, training budget, seeds, eval sets."""
     r = records[0]
@@ -255,10 +325,13 @@ def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> 
         out_dir = results_dir / benchmark.removesuffix("_benchmark") / profile
         header = f"# {benchmark} ({profile} profile)\n\n{describe(runs)}"
         written += write_table(summary_table(runs), out_dir, "table", header)
+        written += write_table(thresholds_table(runs), out_dir, "thresholds",
+                               f"# {benchmark}: training FLOPs and seconds to reach a threshold\n\n{describe(runs)}")
         title = f"{benchmark}, {hardware_label(runs[0]['environment'])}"
         if any(r["status"] == "ok" for r in runs):
             written += plot_accuracy_vs_length(runs, out_dir, title)
             written += plot_loss_vs_flops(runs, out_dir, title)
+            written += plot_loss_vs_memory(runs, out_dir, title)
     return written
 
 

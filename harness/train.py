@@ -167,9 +167,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step == 0:
+            if step == 0:  # weights, their gradients and the optimizer state: the static part
                 memory.mark_static()
+            optimizer.zero_grad(set_to_none=True)
             loss_window.append(loss.detach())
             batch_size, length = batch.inputs.shape
             tokens += batch_size * length

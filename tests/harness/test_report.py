@@ -35,7 +35,8 @@ def test_report_writes_tables_and_plots(tmp_path, capsys):
     assert report.main(["--benchmark", "tiny", "--results-dir", str(tmp_path)]) == 0
     out_dir = tmp_path / "tiny" / "test"
     for name in ("table.md", "table.csv", "table.tex", "accuracy_vs_length.png", "accuracy_vs_length.pdf",
-                 "loss_vs_flops.png", "loss_vs_flops.pdf"):
+                 "loss_vs_flops.png", "loss_vs_flops.pdf", "loss_vs_memory.png", "loss_vs_memory.pdf",
+                 "thresholds.md", "thresholds.csv", "thresholds.tex"):
         assert (out_dir / name).stat().st_size > 0, name
     assert "half-written.json" in capsys.readouterr().out
     table = pd.read_csv(out_dir / "table.csv")
@@ -55,3 +56,11 @@ def test_flops_to_reach():
     assert report.flops_to_reach(curve, 0.9) == 2.0
     assert report.flops_to_reach(curve, 0.99) == 3.0
     assert report.flops_to_reach(curve, 1.0) is None
+
+
+def test_time_to_reach_thresholds():
+    curve = [{"train_flops": 1.0, "train_time_s": 2.0, "accuracy_in": 0.5, "loss_in": 2.0},
+             {"train_flops": 4.0, "train_time_s": 8.0, "accuracy_in": 0.95, "loss_in": 0.5}]
+    assert report.time_to_reach(curve, 0.9, "accuracy_in") == (4.0, 8.0)
+    assert report.time_to_reach(curve, 1.0, "loss_in", below=True) == (4.0, 8.0)
+    assert report.time_to_reach(curve, 0.1, "loss_in", below=True) is None
