@@ -43,3 +43,19 @@ def test_every_mixer_runs_forward_backward_in_bf16(name):
         y = mixer(x)
     y.float().sum().backward()
     assert y.shape == x.shape and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(not kernels_available(), reason="needs mamba_ssm")
+def test_mamba_ssm_decode_equals_forward():
+    torch.manual_seed(0)
+    mixer = mixers.build("mamba", 128, 64, impl="kernels").cuda().eval()
+    x = torch.randn(2, 40, 128, device="cuda")
+    with torch.no_grad():
+        full = mixer(x)
+        y, state = mixer.prefill(x[:, :25])
+        outs = [y]
+        for t in range(25, 40):
+            y_t, state = mixer.step(x[:, t], state)
+            outs.append(y_t[:, None])
+    stepped = torch.cat(outs, dim=1)
+    assert float((stepped - full).norm() / full.norm()) < 2e-3
