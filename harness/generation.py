@@ -38,33 +38,31 @@ def _clock(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def measure_generation(model: SequenceModel, prompt: torch.Tensor, new_tokens: int, dtype, repeats: int) -> dict:
+def measure_generation(model: SequenceModel, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict:
     """Median prefill and decode times over ``repeats`` (after one warm-up), and the decode-vs-parallel check."""
     device = prompt.device
-    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None and device.type == "cuda" else torch.no_grad()
     prefill_s, decode_s = [], []
-    with autocast:
-        for i in range(repeats + 1):
-            t0 = _clock(device)
-            logits, states = model.prefill(prompt)
-            t1 = _clock(device)
-            tokens = [logits[:, -1].argmax(-1)]
-            for _ in range(new_tokens - 1):
-                step_logits, states = model.decode(tokens[-1], states)
-                tokens.append(step_logits.argmax(-1))
-            t2 = _clock(device)
-            if i:  # the first pass warms up kernels and allocators
-                prefill_s.append(t1 - t0)
-                decode_s.append(t2 - t1)
-        generated = torch.stack(tokens, dim=1)  # (batch, new_tokens)
-        # the same tokens through the parallel forward: decoding must reproduce its logits
-        full = model(torch.cat([prompt, generated[:, :-1]], dim=1))[:, prompt.shape[1] - 1:].float()
+    for i in range(repeats + 1):
+        t0 = _clock(device)
         logits, states = model.prefill(prompt)
-        stepped = [logits[:, -1].float()]
-        for t in range(new_tokens - 1):
-            step_logits, states = model.decode(generated[:, t], states)
-            stepped.append(step_logits.float())
-        diff = (torch.stack(stepped, dim=1) - full).abs().max().item()
+        t1 = _clock(device)
+        tokens = [logits[:, -1].argmax(-1)]
+        for _ in range(new_tokens - 1):
+            step_logits, states = model.decode(tokens[-1], states)
+            tokens.append(step_logits.argmax(-1))
+        t2 = _clock(device)
+        if i:  # the first pass warms up kernels and allocators
+            prefill_s.append(t1 - t0)
+            decode_s.append(t2 - t1)
+    generated = torch.stack(tokens, dim=1)  # (batch, new_tokens)
+    # the same tokens through the parallel forward: decoding must reproduce its logits
+    full = model(torch.cat([prompt, generated[:, :-1]], dim=1))[:, prompt.shape[1] - 1:].float()
+    logits, states = model.prefill(prompt)
+    stepped = [logits[:, -1].float()]
+    for t in range(new_tokens - 1):
+        step_logits, states = model.decode(generated[:, t], states)
+        stepped.append(step_logits.float())
+    diff = (torch.stack(stepped, dim=1) - full).abs().max().item()
     batch, n = prompt.shape
     p, d = statistics.median(prefill_s), statistics.median(decode_s)
     return {"prefill_s": p, "prefill_tokens_per_s": batch * n / p,
@@ -83,7 +81,9 @@ def main_with(cfg: dict) -> dict:
         mixer, options = variant_options({"mixer": name})
         total = g["prompt_length"] + g["new_tokens"]
         torch.manual_seed(0)
-        model = SequenceModel(g["vocab_size"], g["d_model"], g["n_layers"], total, mixer, options).to(device).eval()
+        model = SequenceModel(g["vocab_size"], g["d_model"], g["n_layers"], total, mixer, options).eval()
+        dtype = DTYPES[g["dtype"]] if device.type == "cuda" else None  # inference weights in bf16 on GPU
+        model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
         layer = model.blocks[0].mixer
         row = {"mixer": name, "backend": model.backend, "params": model.parameter_counts()["total"]}
         if not layer.supports_decode:
@@ -93,13 +93,16 @@ def main_with(cfg: dict) -> dict:
         gen = torch.Generator(device=device).manual_seed(0)
         prompt = torch.randint(0, g["vocab_size"], (g["batch_size"], g["prompt_length"]), generator=gen, device=device)
         try:
-            row.update(measure_generation(model, prompt, g["new_tokens"], DTYPES[g["dtype"]], g["repeats"]))
+            row.update(measure_generation(model, prompt, g["new_tokens"], g["repeats"]))
             row.update(status="ok", state_after_prompt=layer.state_size(g["prompt_length"]),
                        state_after_generation=layer.state_size(total))
             log.info("%-10s prefill %8.0f tok/s, decode %8.0f tok/s, max |logit diff| %.2e", name,
                      row["prefill_tokens_per_s"], row["decode_tokens_per_s"], row["max_abs_logit_diff"])
         except torch.OutOfMemoryError as err:
             row.update(status="oom", error=str(err).splitlines()[0])
+        except Exception as err:  # recorded; the other mixers still run
+            row.update(status="failed", error=f"{type(err).__name__}: {err}")
+            log.warning("%s failed: %s", name, err)
         result["rows"].append(row)
         del model
     out_dir = Path(cfg["results_dir"]) / "generation" / g["profile"]
