@@ -5,7 +5,7 @@ from harness.generation import main_with
 
 
 def test_generation_benchmark_tiny(tmp_path):
-    cfg = {"generation": {"profile": "test", "device": "cpu", "vocab_size": 11, "d_model": 16, "n_layers": 1,
+    cfg = {"generation": {"profile": "test", "device": "cpu", "vocab_size": 11, "d_model": 32, "n_layers": 1,
                           "batch_size": 2, "prompt_length": 8, "new_tokens": 5, "repeats": 1, "dtype": "fp32"},
            "mixers": ["tmm", "attention", "mamba", "hyena"], "results_dir": str(tmp_path)}
     result = main_with(cfg)
