@@ -93,6 +93,10 @@ class HyenaOperator(Mixer):
     memory_complexity = "O(n)"
     time_exponent = 1.0
     memory_exponent = 1.0
+    state_complexity = "O(n)"
+    state_exponent = 1.0
+    paper = "Poli et al. 2023, Hyena Hierarchy (arXiv 2302.10866)"
+    backends = ("torch-fft",)
 
     def __init__(self, d_model: int, max_len: int, filter_width: int = 64, emb_dim: int = 3, inner_layers: int = 2,
                  sin_freq: float = 1.0, short_filter: int = 3, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,

@@ -145,6 +145,11 @@ class MambaMixer(Mixer):
     memory_complexity = "O(n)"
     time_exponent = 1.0
     memory_exponent = 1.0
+    state_complexity = "O(1)"
+    state_exponent = 0.0
+    paper = ("Gu & Dao 2023, Mamba (arXiv 2312.00752); Dao & Gu 2024, Transformers are SSMs (Mamba2, "
+             "arXiv 2405.21060)")
+    backends = ("mamba_ssm-cuda", "torch-chunked", "transformers-torch-reference")
 
     def __init__(self, d_model: int, max_len: int, version: int = 2, d_state: int = 128, d_conv: int = 4,
                  expand: int = 2, headdim: int = 64, ngroups: int = 1, chunk_size: int = 256,
