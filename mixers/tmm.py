@@ -68,7 +68,7 @@ class ToeplitzMixer(Mixer):
         self,
         d_model: int,
         max_len: int,
-        heads: int = 1,
+        heads: int = 4,
         projections: bool = True,
         expanded: bool = False,
         dropout: float = 0.0,
