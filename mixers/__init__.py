@@ -69,6 +69,8 @@ def build(name: str, d_model: int, max_len: int, **options) -> Mixer:
 
 
 # Registration happens on import; keep this list in alphabetical order.
-from mixers import attention, hyena, mamba, tmm  # noqa: E402,F401
+from mixers import (  # noqa: E402,F401
+    attention, hyena, mamba, mamba1, mamba2, tmm,
+)
 
 __all__ = ["Mixer", "register", "build", "available", "mixer_class", "options_of", "UnknownMixerError"]

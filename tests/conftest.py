@@ -16,6 +16,8 @@ MIXER_CASES = {
     "mamba": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
     "mamba-v1": {"version": 1, "d_state": 4, "impl": "transformers"},
     "hyena": {"filter_width": 16},
+    "mamba1": {"d_state": 4, "chunk_size": 5, "impl": "torch"},
+    "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
 }
 
 
