@@ -18,6 +18,8 @@ MIXER_CASES = {
     "hyena": {"filter_width": 16},
     "mamba1": {"d_state": 4, "chunk_size": 5, "impl": "torch"},
     "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
+    "tnn": {"rpe_dim": 8, "rpe_layers": 2},
+    "tnn-dense": {"rpe_dim": 8, "rpe_layers": 2, "impl": "dense"},
     "linear_attention": {"heads": 2, "chunk_size": 8},
     "linear_attention-recurrent": {"heads": 2, "impl": "recurrent"},
     "gla": {"heads": 2, "chunk_size": 8, "subchunk_size": 4},
