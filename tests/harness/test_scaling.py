@@ -19,6 +19,7 @@ VARIANTS = {
     "mamba1": {"mixer": "mamba1", "impl": "torch", "d_state": 8, "chunk_size": 32},
     "mamba2": {"mixer": "mamba2", "impl": "torch", "d_state": 16, "headdim": 16, "chunk_size": 16},
     "tnn": {"mixer": "tnn"},
+    "gltm": {"mixer": "gltm"},
     "linear_attention": {"mixer": "linear_attention"},
     "gla": {"mixer": "gla"},
     "based": {"mixer": "based"},
