@@ -118,7 +118,7 @@ class GeneralizedLinearTokenMixing(Mixer):
             y = gltm_blocked(a, beta, v, offs, self.block_size)
         else:
             y = gltm_dense(a, beta, v, offs)
-        out = self.out_proj(rearrange(y, "b h n e -> b n (h e)"))
+        out = self.out_proj(rearrange(y, "b h n e -> b n (h e)").to(x.dtype))  # the solve ran in float32 for half inputs
         n = x.shape[1]
         return out, {"history": y[:, :, max(0, n - self.offsets[-1]):], "position": torch.tensor(n)}
 
@@ -129,7 +129,7 @@ class GeneralizedLinearTokenMixing(Mixer):
         v = rearrange(self.v_proj(x), "b (h e) -> b h e", h=self.heads)
         y = gltm_step(w[..., 0], w[..., 1:], v, state["history"], self.offsets[:K])
         history = torch.cat([state["history"], y[:, :, None]], dim=2)[:, :, -self.offsets[-1]:]
-        out = self.out_proj(rearrange(y, "b h e -> b (h e)"))
+        out = self.out_proj(rearrange(y, "b h e -> b (h e)").to(x.dtype))
         return out, {"history": history, "position": torch.tensor(t + 1)}
 
     def state_size(self, length: int) -> int:

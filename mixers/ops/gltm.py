@@ -18,7 +18,8 @@ i.e. ``A = diag(a)`` and ``B[t, t - f(k)] = beta_{t,k}``. Offsets: ``f(k) = 2^k`
   systems are slow on CPU). O(n K p + n Q^2 log Q) work for K offsets and blocks of Q.
 
 Shapes: ``a (batch, heads, length)``, ``beta (batch, heads, length, K)``, ``v (batch, heads, length, p)``
--> ``y (batch, heads, length, p)``.
+-> ``y (batch, heads, length, p)``. All three compute in one dtype, float32 for half-precision
+inputs (mixed dtypes arise under autocast, where the softmax of the weights runs in float32).
 """
 from __future__ import annotations
 
@@ -39,8 +40,18 @@ def offsets(pattern: str, max_len: int) -> list[int]:
     return out
 
 
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The common dtype of ``tensors``, float32 in place of half precision."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def gltm_dense(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int]) -> torch.Tensor:
     """Reference: ``(I - B) Y = A V`` with dense triangular matrices, one per batch and head."""
+    ct = compute_dtype(a, beta, v)
+    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
     n = v.shape[2]
     used = [k for k, f in enumerate(offs) if f < n]
     B = v.new_zeros(*v.shape[:2], n, n)
@@ -56,6 +67,8 @@ def gltm_step(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, history: tor
               offs: list[int]) -> torch.Tensor:
     """One position: ``a (b, h)``, ``beta (b, h, K)``, ``v (b, h, p)`` and the outputs so far
     ``history (b, h, t, p)`` (at least the last ``max(offs)``) -> ``y_t (b, h, p)``."""
+    ct = compute_dtype(a, beta, v, history)
+    a, beta, v, history = a.to(ct), beta.to(ct), v.to(ct), history.to(ct)
     y = a[..., None] * v
     t = history.shape[2]
     for k, f in enumerate(offs):
@@ -66,6 +79,8 @@ def gltm_step(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, history: tor
 
 def gltm_sequential(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int]) -> torch.Tensor:
     """Forward substitution one position at a time (``length`` sequential steps)."""
+    ct = compute_dtype(a, beta, v)
+    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
     outputs: list[torch.Tensor] = []
     for t, (a_t, beta_t, v_t) in enumerate(zip(a.unbind(2), beta.unbind(2), v.unbind(2))):
         y = a_t[..., None] * v_t
@@ -96,6 +111,8 @@ def gltm_blocked(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: lis
     term of a block are one gather (rows of this block are still zero there: their terms are the
     block's own system). That system is solved by ``unit_lower_solve``: products only.
     """
+    ct = compute_dtype(a, beta, v)
+    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
     b, h, n, p = v.shape
     if not offs:  # B = 0
         return a[..., None] * v
