@@ -1,7 +1,8 @@
 """The mixer registry: ``register``, ``build(name, d_model, max_len, **options)``, ``available()``.
 
 One file per mixer; the registry name equals the file name. A new mixer needs its file (decorated
-with ``@register("name")``), an import line below, and ``conf/mixer/<name>.yaml``.
+with ``@register("name")``), an import line below, ``conf/mixer/<name>.yaml``, a case in
+tests/conftest.py, and ``python -m mixers.catalogue`` to regenerate mixers/README.md.
 """
 from __future__ import annotations
 
