@@ -1,7 +1,8 @@
 """The mixer registry: ``register``, ``build(name, d_model, max_len, **options)``, ``available()``.
 
 One file per mixer; the registry name equals the file name. A new mixer needs its file (decorated
-with ``@register("name")``), an import line below, and ``conf/mixer/<name>.yaml``.
+with ``@register("name")``), an import line below, ``conf/mixer/<name>.yaml``, a case in
+tests/conftest.py, and ``python -m mixers.catalogue`` to regenerate mixers/README.md.
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def build(name: str, d_model: int, max_len: int, **options) -> Mixer:
 
 
 # Registration happens on import; keep this list in alphabetical order.
-from mixers import attention, hyena, mamba, tmm  # noqa: E402,F401
+from mixers import (  # noqa: E402,F401
+    attention, based, gla, gltm, hyena, linear_attention, mamba, mamba1, mamba2, sliding_window_attention, tmm, tnn,
+)
 
 __all__ = ["Mixer", "register", "build", "available", "mixer_class", "options_of", "UnknownMixerError"]

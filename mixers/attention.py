@@ -38,6 +38,10 @@ class CausalSelfAttention(Mixer):
     memory_complexity = "O(n) with flash kernels, O(n^2) on the math path"
     time_exponent = 2.0
     memory_exponent = 1.0  # PyTorch's SDPA runs flash kernels on CPU and GPU
+    state_complexity = "O(n)"
+    state_exponent = 1.0
+    paper = "Vaswani et al. 2017, Attention Is All You Need (arXiv 1706.03762); RoPE: Su et al. 2021 (arXiv 2104.09864)"
+    backends = ("torch-sdpa-cpu", "torch-sdpa-cuda")
 
     def __init__(self, d_model: int, max_len: int, heads: int = 4, rope_base: float = 10000.0, bias: bool = False):
         super().__init__(d_model, max_len)

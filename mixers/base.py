@@ -23,6 +23,13 @@ class Mixer(nn.Module):
     # log-log slopes are compared with
     time_exponent: float = float("nan")
     memory_exponent: float = float("nan")
+    # what decoding holds per sequence and layer after n tokens (``state_size``), as a complexity
+    # and as the exponent of n it grows with (0: a fixed-size state)
+    state_complexity: str = "?"
+    state_exponent: float = float("nan")
+    # the work this mixer implements, and every backend it can run with (mixers/README.md lists them)
+    paper: str = "?"
+    backends: tuple[str, ...] = ("pytorch",)
 
     def __init__(self, d_model: int, max_len: int):
         super().__init__()

@@ -93,6 +93,10 @@ class HyenaOperator(Mixer):
     memory_complexity = "O(n)"
     time_exponent = 1.0
     memory_exponent = 1.0
+    state_complexity = "O(n)"
+    state_exponent = 1.0
+    paper = "Poli et al. 2023, Hyena Hierarchy (arXiv 2302.10866)"
+    backends = ("torch-fft",)
 
     def __init__(self, d_model: int, max_len: int, filter_width: int = 64, emb_dim: int = 3, inner_layers: int = 2,
                  sin_freq: float = 1.0, short_filter: int = 3, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
@@ -117,21 +121,28 @@ class HyenaOperator(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
-        return self.prefill(x)[0]
+        return self._mix(x, keep_state=False)[0]
 
     # Decoding keeps the short convolution's last inputs and the history of the long convolution's
     # input (v * x1): O(n d), O(t d) work for the token after t.
     supports_decode = True
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self._mix(x, keep_state=True)
+
+    def _mix(self, x: torch.Tensor, keep_state: bool) -> tuple[torch.Tensor, dict]:
+        """The operator, and with ``keep_state`` the decoding state (the filters up to max_len
+        included: computing them is not part of a forward pass)."""
         n = x.shape[1]
         projected = self.in_proj(x).transpose(1, 2)  # (b, 3d, n)
         u = self.short_conv(projected)[..., :n]  # causal: keep the first n outputs of the left-padded conv
         x0, x1, v = u.chunk(3, dim=1)  # (b, d, n) each
         h = self.filter(n)  # (d, n)
         v = v * x1
-        state = {"conv": nn.functional.pad(projected, (self.short_filter - 1, 0))[..., n:], "history": v,
-                 "filter": self.filter(self.max_len)}  # position-wise MLP: filter(t) = filter(max_len)[:, :t]
+        state = {}
+        if keep_state:  # position-wise MLP: filter(t) = filter(max_len)[:, :t]
+            state = {"conv": nn.functional.pad(projected, (self.short_filter - 1, 0))[..., n:], "history": v,
+                     "filter": self.filter(self.max_len)}
         v = causal_toeplitz_fft(v, h, spectrum=kernel_spectrum(h, n)) + v * self.skip[:, None]
         y = (v * x0).transpose(1, 2)  # (b, n, d)
         return self.out_proj(y), state

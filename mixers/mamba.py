@@ -3,14 +3,17 @@
 Backends (``impl``), all with identical hyperparameters (mamba_ssm's defaults) and initialisation:
 
 - ``kernels``: mamba_ssm's ``Mamba2`` / ``Mamba`` with their fused CUDA and Triton kernels.
-- ``torch``: ``Mamba2Torch`` below, mamba_ssm's Mamba2 layer in plain PyTorch with the chunked
-  SSD scan of ``mixers/ops/ssd.py``; its parameter names equal mamba_ssm's and transformers', so
-  state dicts move between all three (tests compare it with transformers' ``Mamba2Mixer``).
+- ``torch``: mamba_ssm's layers (non-fused paths) in plain PyTorch: ``Mamba2Torch`` with the
+  chunked SSD scan of ``mixers/ops/ssd.py``, ``Mamba1Torch`` with the chunked selective scan of
+  ``mixers/ops/selective_scan.py``. Their parameter names equal mamba_ssm's and transformers', so
+  state dicts move between all three (tests compare them with transformers' mixers).
 - ``transformers``: transformers' ``Mamba2Mixer`` / ``MambaMixer`` through their pure-PyTorch
-  reference paths (slow on CPU: they materialise a (batch, chunks, len, len, heads, state) tensor).
+  reference paths (slow on CPU: Mamba2's materialises a (batch, chunks, len, len, heads, state)
+  tensor, Mamba's scans one token at a time).
 
-``auto`` takes ``kernels`` with CUDA and mamba_ssm, else ``torch`` for Mamba2 and ``transformers``
-for Mamba (version 1). ``backend`` records which ran.
+``auto`` takes ``kernels`` with CUDA and mamba_ssm, else ``torch``. ``backend`` records which ran.
+The registry also offers ``mamba1`` and ``mamba2`` (``mixers/mamba1.py``, ``mixers/mamba2.py``):
+this class with the version fixed and each version's own defaults.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from torch import nn
 from mixers import register
 from mixers.base import Mixer
 from mixers.ops import flops as F
+from mixers.ops.selective_scan import selective_scan_chunked, selective_scan_steps
 from mixers.ops.ssd import ssd_chunked
 
 log = logging.getLogger(__name__)
@@ -137,6 +141,65 @@ class Mamba2Torch(nn.Module):
         return self.out_proj(y), {"conv": window[..., 1:], "ssm": ssm}
 
 
+class Mamba1Torch(nn.Module):
+    """mamba_ssm's Mamba layer (non-fused path) in PyTorch: ``(batch, n, d) -> (batch, n, d)``.
+
+    ``in_proj`` to x and z, causal depthwise ``conv1d`` and SiLU on x, ``x_proj`` to (dt, B, C),
+    ``dt_proj`` (low rank ``dt_rank``) and softplus, the selective scan, ``D`` skip, ``y * silu(z)``,
+    ``out_proj``. Initialisation as mamba_ssm: S4D-real ``A_log = log(1..N)``, ``D = 1``, dt_proj
+    weight uniform in +-dt_rank^-1/2 and bias the inverse softplus of a log-uniform dt. The scan
+    runs in chunks of ``chunk_size`` positions (``mixers/ops/selective_scan.py``).
+    """
+
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, dt_rank: int, dt_min: float,
+                 dt_max: float, chunk_size: int):
+        super().__init__()
+        self.d_inner, self.d_state, self.dt_rank, self.chunk_size = expand * d_model, d_state, dt_rank, chunk_size
+        di = self.d_inner
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=False)  # x, z
+        self.conv1d = nn.Conv1d(di, di, d_conv, groups=di, padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(di, dt_rank + 2 * d_state, bias=False)  # dt (low rank), B, C
+        self.dt_proj = nn.Linear(dt_rank, di, bias=True)
+        with torch.no_grad():
+            nn.init.uniform_(self.dt_proj.weight, -dt_rank ** -0.5, dt_rank ** -0.5)
+            self.dt_proj.bias.copy_(init_dt_bias(di, dt_min, dt_max))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, d_model, bias=False)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.prefill(u)[0]
+
+    def _scan_inputs(self, x: torch.Tensor, ct: torch.dtype):
+        """From the convolved ``x (..., d_inner)``: dt after softplus, B and C ``(..., N)``, A, in ``ct``."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = nn.functional.softplus(self.dt_proj(dt).to(ct))
+        return dt, B.to(ct), C.to(ct), -torch.exp(self.A_log.to(ct))
+
+    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        n = u.shape[1]
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, n, d_inner) each
+        k = self.conv1d.kernel_size[0]
+        conv_state = nn.functional.pad(x.transpose(1, 2), (k - 1, 0))[..., n:]  # last k-1 inputs
+        x = nn.functional.silu(self.conv1d(x.transpose(1, 2))[..., :n].transpose(1, 2))
+        ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype  # scan precision
+        dt, B, C, A = self._scan_inputs(x, ct)
+        y, ssm_state = selective_scan_chunked(x.to(ct), dt, A, B, C, min(self.chunk_size, n))
+        y = (y + x.to(ct) * self.D.to(ct)).to(u.dtype) * nn.functional.silu(z)
+        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+
+    def step(self, u: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token ``u (batch, d_model)``: the recurrence of ``selective_scan_sequential`` for one step."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        window = torch.cat([state["conv"], x[..., None]], dim=-1)  # (b, d_inner, k)
+        x = nn.functional.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
+        ct = state["ssm"].dtype
+        dt, B, C, A = self._scan_inputs(x, ct)  # dt (b, d_inner), B and C (b, N)
+        ssm = torch.exp(dt[..., None] * A) * state["ssm"] + (dt * x.to(ct))[..., None] * B[:, None, :]
+        y = (ssm * C[:, None, :]).sum(-1) + x.to(ct) * self.D.to(ct)
+        return self.out_proj(y.to(u.dtype) * nn.functional.silu(z)), {"conv": window[..., 1:], "ssm": ssm}
+
+
 @register("mamba")
 class MambaMixer(Mixer):
     """Mamba2 (``version=2``, default) or Mamba (``version=1``): ``(batch, n, d_model) -> same``."""
@@ -145,6 +208,11 @@ class MambaMixer(Mixer):
     memory_complexity = "O(n)"
     time_exponent = 1.0
     memory_exponent = 1.0
+    state_complexity = "O(1)"
+    state_exponent = 0.0
+    paper = ("Gu & Dao 2023, Mamba (arXiv 2312.00752); Dao & Gu 2024, Transformers are SSMs (Mamba2, "
+             "arXiv 2405.21060)")
+    backends = ("mamba_ssm-cuda", "torch-chunked", "transformers-torch-reference")
 
     def __init__(self, d_model: int, max_len: int, version: int = 2, d_state: int = 128, d_conv: int = 4,
                  expand: int = 2, headdim: int = 64, ngroups: int = 1, chunk_size: int = 256,
@@ -162,11 +230,12 @@ class MambaMixer(Mixer):
         self.d_inner, self.headdim, self.ngroups, self.chunk_size = d_inner, headdim, ngroups, chunk_size
         self.dt_rank = math.ceil(d_model / 16)
         if impl == "auto":
-            impl = "kernels" if kernels_available() else ("torch" if version == 2 else "transformers")
-        if impl == "torch" and version == 1:
-            raise ValueError("mamba: impl=torch implements Mamba2 only; use impl=transformers or kernels for version 1")
+            impl = "kernels" if kernels_available() else "torch"
         if impl == "kernels":
             self.inner, self._backend = self._build_mamba_ssm(dt_min, dt_max, a_init_min, a_init_max)
+        elif impl == "torch" and version == 1:
+            self.inner = Mamba1Torch(d_model, d_state, d_conv, expand, self.dt_rank, dt_min, dt_max, chunk_size)
+            self._backend = "torch-selective-scan-chunked"
         elif impl == "torch":
             self.inner = Mamba2Torch(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, dt_min, dt_max,
                                      a_init_min, a_init_max)
@@ -232,7 +301,7 @@ class MambaMixer(Mixer):
             y = self.inner(x, inference_params=params)
             conv, ssm = params.key_value_memory_dict[self.inner.layer_idx]
             return y, {"conv": conv, "ssm": ssm}
-        if isinstance(self.inner, Mamba2Torch):
+        if isinstance(self.inner, (Mamba1Torch, Mamba2Torch)):
             return self.inner.prefill(x)
         raise NotImplementedError("mamba: the transformers backend has no decode path here; use impl=torch or kernels")
 
@@ -240,7 +309,7 @@ class MambaMixer(Mixer):
         if self._backend.startswith("mamba_ssm"):  # updates the states in place
             y, conv, ssm = self.inner.step(x[:, None], state["conv"], state["ssm"])
             return y[:, 0], {"conv": conv, "ssm": ssm}
-        if isinstance(self.inner, Mamba2Torch):
+        if isinstance(self.inner, (Mamba1Torch, Mamba2Torch)):
             return self.inner.step(x, state)
         raise NotImplementedError("mamba: the transformers backend has no decode path here; use impl=torch or kernels")
 
@@ -255,12 +324,18 @@ class MambaMixer(Mixer):
         n, d, di, N = length, self.d_model, self.d_inner, self.d_state
         if self.version == 1:
             R = self.dt_rank
+            # y = C h, a product per step; per token, channel and state: exp(dt A), dt B x, h = a h + b
+            outputs, scan = 2.0 * n * di * N, 7.0 * n * di * N
+            if self._backend.startswith("torch"):  # the chunked scan, over the length padded to whole chunks
+                Q, chunks = selective_scan_steps(n, min(self.chunk_size, n))
+                L = Q * chunks
+                outputs, scan = 2.0 * L * di * N, 5.0 * L * di * N
+                if chunks > 1:  # the entering states: their decay to each step, and their outputs
+                    outputs, scan = outputs + 2.0 * L * di * N, scan + 3.0 * L * di * N + 4.0 * chunks * di * N
             return {
                 "matmul": F.linear(n, d, 2 * di) + F.causal_depthwise_conv(n, di, self.d_conv)
-                + F.linear(n, di, R + 2 * N) + F.linear(n, R, di) + F.linear(n, di, d)
-                + 2.0 * n * di * N,  # y = C h, a product per step
-                # per token, channel and state: exp(dt A), dt B x, h = a h + b
-                "scan": 7.0 * n * di * N,
+                + F.linear(n, di, R + 2 * N) + F.linear(n, R, di) + F.linear(n, di, d) + outputs,
+                "scan": scan,
                 "elementwise": 14.0 * n * di,  # dt bias and softplus, SiLU of x and z, D skip, gate
             }
         H, P, G = di // self.headdim, self.headdim, self.ngroups

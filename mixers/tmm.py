@@ -59,12 +59,16 @@ class ToeplitzMixer(Mixer):
     memory_complexity = "O(n)"
     time_exponent = 1.0
     memory_exponent = 1.0
+    state_complexity = "O(n)"
+    state_exponent = 1.0
+    paper = "Badger & Roland 2026, Toeplitz MLP Mixer (arXiv 2605.06683)"
+    backends = ("torch-fft", "torch-dense")
 
     def __init__(
         self,
         d_model: int,
         max_len: int,
-        heads: int = 1,
+        heads: int = 4,
         projections: bool = True,
         expanded: bool = False,
         dropout: float = 0.0,

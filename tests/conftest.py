@@ -16,6 +16,20 @@ MIXER_CASES = {
     "mamba": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
     "mamba-v1": {"version": 1, "d_state": 4, "impl": "transformers"},
     "hyena": {"filter_width": 16},
+    "mamba1": {"d_state": 4, "chunk_size": 5, "impl": "torch"},
+    "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
+    "tnn": {"rpe_dim": 8, "rpe_layers": 2},
+    "tnn-dense": {"rpe_dim": 8, "rpe_layers": 2, "impl": "dense"},
+    "gltm": {"pattern": "power2", "heads": 16, "block_size": 8},
+    "gltm-square": {"pattern": "square", "heads": 16, "block_size": 2},  # n^1.5 terms visible at d 32
+    "linear_attention": {"heads": 2, "chunk_size": 8},
+    "linear_attention-recurrent": {"heads": 2, "impl": "recurrent"},
+    "gla": {"heads": 2, "chunk_size": 8, "subchunk_size": 4},
+    "gla-recurrent": {"heads": 2, "impl": "recurrent"},
+    "based": {"heads": 2, "feature_dim": 4, "window": 8, "chunk_size": 8},
+    "based-linear": {"heads": 2, "feature_dim": 4, "window": 0, "chunk_size": 8},
+    "sliding_window_attention": {"heads": 2, "window": 8},
+    "sliding_window_attention-dense": {"heads": 2, "window": 8, "impl": "dense"},
 }
 
 

@@ -16,6 +16,14 @@ VARIANTS = {
     "attention": {"mixer": "attention"},
     "mamba": {"mixer": "mamba", "impl": "torch", "d_state": 16, "headdim": 16, "chunk_size": 16},
     "hyena": {"mixer": "hyena"},
+    "mamba1": {"mixer": "mamba1", "impl": "torch", "d_state": 8, "chunk_size": 32},
+    "mamba2": {"mixer": "mamba2", "impl": "torch", "d_state": 16, "headdim": 16, "chunk_size": 16},
+    "tnn": {"mixer": "tnn"},
+    "gltm": {"mixer": "gltm"},
+    "linear_attention": {"mixer": "linear_attention"},
+    "gla": {"mixer": "gla"},
+    "based": {"mixer": "based"},
+    "sliding_window_attention": {"mixer": "sliding_window_attention"},
 }
 
 

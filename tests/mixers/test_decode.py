@@ -54,7 +54,7 @@ def test_model_decode_logits_equal_parallel_logits(mixer, options):
 @pytest.mark.parametrize("case", DECODABLE)
 def test_state_size(case):
     mixer = mixers.build(case_mixer(case), 16, 64, **MIXER_CASES[case])
-    if case_mixer(case) == "mamba":
-        assert mixer.state_size(10) == mixer.state_size(60) > 0  # constant
+    if mixer.state_exponent == 0:  # a fixed-size state, or a cache that stops growing (sliding windows)
+        assert mixer.state_size(30) == mixer.state_size(60) > 0
     else:
         assert mixer.state_size(60) > mixer.state_size(10) > 0  # grows with the context

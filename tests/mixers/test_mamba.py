@@ -1,10 +1,12 @@
-"""Mamba2 in PyTorch (chunked SSD) against the sequential recurrence and transformers' Mamba2Mixer."""
+"""Mamba2 in PyTorch (chunked SSD) and Mamba in PyTorch (chunked selective scan) against their
+sequential recurrences and transformers' Mamba2Mixer / MambaMixer."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import mixers
+from mixers.ops.selective_scan import selective_scan_chunked, selective_scan_sequential
 from mixers.ops.ssd import ssd_chunked, ssd_sequential
 
 
@@ -39,3 +41,55 @@ def test_backends_share_hyperparameters_and_parameter_count():
     b = mixers.build("mamba", 32, 64, impl="transformers", d_state=16, headdim=16)
     assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
     assert a.backend == "torch-ssd-chunked" and b.backend == "transformers-torch-reference"
+
+
+@pytest.mark.parametrize("batch,length,d,n,chunk", [
+    (2, 1, 3, 4, None), (2, 7, 3, 4, None), (1, 64, 8, 16, None), (2, 100, 4, 8, 7), (3, 33, 5, 2, 64), (1, 17, 6, 4, 1),
+])
+def test_chunked_selective_scan_equals_sequential(batch, length, d, n, chunk):
+    gen = torch.Generator().manual_seed(length * 31 + d)
+    kw = {"generator": gen, "dtype": torch.float64}
+    x, dt = torch.randn(batch, length, d, **kw), torch.rand(batch, length, d, **kw)
+    A = -torch.rand(d, n, **kw) * 16
+    B, C = torch.randn(batch, length, n, **kw), torch.randn(batch, length, n, **kw)
+    (ref, ref_state), (fast, state) = selective_scan_sequential(x, dt, A, B, C), selective_scan_chunked(x, dt, A, B, C, chunk)
+    assert (fast - ref).abs().max() <= 1e-10 * ref.abs().max()
+    assert (state - ref_state).abs().max() <= 1e-10 * ref_state.abs().max()
+
+
+def test_chunked_selective_scan_gradients_equal_sequential():
+    gen = torch.Generator().manual_seed(0)
+    kw = {"generator": gen, "dtype": torch.float64}
+    x, dt = torch.randn(2, 30, 4, **kw).requires_grad_(), torch.rand(2, 30, 4, **kw).requires_grad_()
+    A = (-torch.rand(4, 3, **kw) * 4).requires_grad_()
+    B, C = torch.randn(2, 30, 3, **kw).requires_grad_(), torch.randn(2, 30, 3, **kw).requires_grad_()
+    w = torch.randn(2, 30, 4, dtype=torch.float64)
+    grads = [torch.autograd.grad((fn(x, dt, A, B, C)[0] * w).sum(), (x, dt, A, B, C))
+             for fn in (selective_scan_sequential, lambda *a: selective_scan_chunked(*a, chunk_size=4))]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 256), (21, 5), (40, 256)])
+def test_torch_mamba1_equals_transformers_mamba(length, chunk):
+    torch.manual_seed(0)
+    ours = mixers.build("mamba1", 32, 64, impl="torch", d_state=8, chunk_size=chunk)
+    theirs = mixers.build("mamba1", 32, 64, impl="transformers", d_state=8)
+    theirs.inner.load_state_dict(ours.inner.state_dict())  # identical parameter names (mamba_ssm's Mamba too)
+    x = torch.randn(2, length, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+
+
+def test_mamba1_and_mamba2_are_mamba_with_the_version_fixed():
+    torch.manual_seed(0)
+    one = mixers.build("mamba1", 32, 64, impl="torch")
+    assert one.version == 1 and one.d_state == 16 and one.backend == "torch-selective-scan-chunked"
+    two = mixers.build("mamba2", 32, 64, impl="torch", headdim=16)
+    assert two.version == 2 and two.backend == "torch-ssd-chunked"
+    same = mixers.build("mamba", 32, 64, version=1, d_state=16, impl="torch")
+    same.load_state_dict(one.state_dict())
+    x = torch.randn(1, 9, 32)
+    with torch.no_grad():
+        assert torch.equal(one(x), same(x))
+    assert "version" not in mixers.options_of("mamba1") and "version" not in mixers.options_of("mamba2")

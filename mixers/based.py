@@ -1,0 +1,134 @@
+"""Based (Arora et al. 2024, "Simple linear attention language models balance the recall-throughput
+tradeoff"): linear attention with a 2nd-order Taylor feature map, plus a small sliding-window attention.
+
+Linear-attention branch, as the authors' reference (HazyResearch/zoology ``Based``): queries and keys
+projected to ``feature_dim`` (16) per head, values to d_model / heads per head (no biases), the
+feature map ``phi(x) = [1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))]`` with d = feature_dim (so
+``phi(q) . phi(k) = 1 + q.k / sqrt(d) + (q.k)^2 / (2 d)``, the Taylor expansion of exp(q.k / sqrt(d))),
+normalised causal linear attention ``phi(q_t) S_t / (phi(q_t) . z_t + eps)`` through the chunked
+form of ``mixers/ops/linear_attention.py`` (``impl=recurrent``: the token-by-token reference), and an
+output projection.
+
+Sliding-window branch: ``mixers/sliding_window_attention.py`` with ``window`` (64) positions.
+The paper builds a model from separate layers (Taylor linear attention, sliding-window attention
+and gated convolutions, interleaved); this harness gives every layer the same mixer, so here one
+layer holds both attention branches side by side on the same input and sums their outputs
+(``window: 0`` keeps the linear-attention branch alone, zoology's ``Based`` layer). Decoding carries
+the linear-attention state (fixed size) and the window's KV cache.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from mixers import register
+from mixers.base import Mixer
+from mixers.linear_attention import chunked_flops, normalised
+from mixers.ops import flops as F
+from mixers.ops.linear_attention import linear_attention_chunked, linear_attention_recurrent, linear_attention_step
+from mixers.sliding_window_attention import SlidingWindowAttention
+
+
+def taylor_features(x: torch.Tensor) -> torch.Tensor:
+    """``x (..., d)`` -> ``(..., 1 + d + d^2)``: ``phi(x) . phi(y) = 1 + x.y / sqrt(d) + (x.y)^2 / (2 d)``."""
+    d = x.shape[-1]
+    outer = (x[..., :, None] * x[..., None, :]).flatten(-2) / (math.sqrt(2.0) * math.sqrt(d))
+    return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, outer], dim=-1)
+
+
+@register("based")
+class Based(Mixer):
+    """Taylor linear attention + sliding-window attention: ``(batch, n, d_model) -> (batch, n, d_model)``."""
+
+    time_complexity = "O(n w)"
+    memory_complexity = "O(n w)"
+    time_exponent = 1.0
+    memory_exponent = 1.0
+    state_complexity = "O(w)"
+    state_exponent = 0.0
+    paper = "Arora et al. 2024, Simple linear attention language models balance the recall-throughput tradeoff (arXiv 2402.18668)"
+    backends = ("torch-chunked+sdpa-blocked", "torch-recurrent+sdpa-blocked")
+
+    def __init__(self, d_model: int, max_len: int, feature_dim: int = 16, heads: int = 4, eps: float = 1e-12,
+                 window: int = 64, rope_base: float = 10000.0, chunk_size: int = 64, impl: str = "chunked"):
+        super().__init__(d_model, max_len)
+        if heads < 1 or d_model % heads:
+            raise ValueError(f"based: d_model={d_model} is not divisible by heads={heads}")
+        if impl not in ("chunked", "recurrent"):
+            raise ValueError(f"based: impl must be 'chunked' or 'recurrent', got {impl!r}")
+        self.feature_dim, self.heads, self.head_dim, self.eps = feature_dim, heads, d_model // heads, eps
+        self.window, self.chunk_size, self.impl = window, chunk_size, impl
+        if window == 0:  # linear attention alone
+            self.time_complexity = self.memory_complexity = "O(n)"
+            self.state_complexity = "O(1)"
+        self.q_proj = nn.Linear(d_model, feature_dim * heads, bias=False)
+        self.k_proj = nn.Linear(d_model, feature_dim * heads, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        self.window_attention = (SlidingWindowAttention(d_model, max_len, window=window, heads=heads,
+                                                        rope_base=rope_base) if window > 0 else None)
+
+    @property
+    def backend(self) -> str:
+        return f"torch-{self.impl}" + ("+sdpa-blocked" if self.window_attention is not None else "")
+
+    def _features(self, x: torch.Tensor, pattern: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """phi(q), phi(k) ``(..., heads, 1 + f + f^2)`` and v with a ones column, heads split by ``pattern``."""
+        q = taylor_features(rearrange(self.q_proj(x), pattern, h=self.heads))
+        k = taylor_features(rearrange(self.k_proj(x), pattern, h=self.heads))
+        v = rearrange(self.v_proj(x), pattern, h=self.heads)
+        return q, k, torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+        return self.prefill(x)[0]
+
+    supports_decode = True
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        q, k, v = self._features(x, "b n (h e) -> b h n e")
+        if self.impl == "chunked":
+            o, kv = linear_attention_chunked(q, k, v, chunk_size=self.chunk_size)
+        else:
+            o, kv = linear_attention_recurrent(q, k, v)
+        y = self.o_proj(rearrange(normalised(o, self.eps), "b h n e -> b n (h e)"))
+        state = {"kv": kv}
+        if self.window_attention is not None:
+            y_window, state["window"] = self.window_attention.prefill(x)
+            y = y + y_window
+        return y, state
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        q, k, v = self._features(x, "b (h e) -> b h e")
+        o, kv = linear_attention_step(q, k, v, None, state["kv"])
+        y = self.o_proj(rearrange(normalised(o, self.eps), "b h e -> b (h e)"))
+        new = {"kv": kv}
+        if self.window_attention is not None:
+            y_window, new["window"] = self.window_attention.step(x, state["window"])
+            y = y + y_window
+        return y, new
+
+    def state_size(self, length: int) -> int:
+        f = self.feature_dim
+        linear = self.heads * (1 + f + f * f) * (self.head_dim + 1)  # S and z
+        return linear + (self.window_attention.state_size(length) if self.window_attention is not None else 0)
+
+    def flop_terms(self, length: int) -> dict[str, float]:
+        n, d, h, f = length, self.d_model, self.heads, self.feature_dim
+        D = 1 + f + f * f
+        terms = {"matmul": 2 * F.linear(n, d, f * h) + 2 * F.linear(n, d, d), "scan": 0.0,
+                 # Taylor features of q and k (outer product, two scalings), normalisation
+                 "elementwise": 2.0 * n * h * (2.0 * f * f + f) + 2.0 * n * d}
+        if self.impl == "chunked":
+            for key, value in chunked_flops(n, h, D, self.head_dim + 1, self.chunk_size, gated=False).items():
+                terms[key] = terms.get(key, 0.0) + value
+        else:
+            terms["scan"] += 4.0 * n * h * D * (self.head_dim + 1)
+        if self.window_attention is not None:
+            for key, value in self.window_attention.flop_terms(n).items():
+                terms[key] = terms.get(key, 0.0) + value
+            terms["elementwise"] += n * d  # the sum of the branches
+        return terms

@@ -1,0 +1,155 @@
+"""Structured generalized linear token mixing: the solve ``Y = (I - B)^{-1} A X`` for a diagonal A
+and a B whose non-zeros sit at translation-invariant offsets ``f(k)`` below the diagonal.
+
+Per head, with input weights ``a_t``, coefficients ``beta_{t,k}`` and inputs ``v_t (p,)``:
+
+    y_t = a_t v_t + sum_k beta_{t,k} y_{t - f(k)}          (y_s = 0 for s < 0)
+
+i.e. ``A = diag(a)`` and ``B[t, t - f(k)] = beta_{t,k}``. Offsets: ``f(k) = 2^k`` (``power2``) or
+``f(k) = k^2 + 1`` (``square``), k = 0, 1, ...
+
+- ``gltm_dense``: the reference, builds the (length x length) matrices and calls
+  ``torch.linalg.solve_triangular`` (O(n^2) memory).
+- ``gltm_sequential``: forward substitution one position at a time (the decoding step).
+- ``gltm_blocked``: the fast path, forward substitution by blocks of ``block_size`` positions:
+  the terms reaching earlier blocks are gathered from their outputs in one index and summed by one
+  batched product; the terms inside the block form a small unit lower triangular system, solved
+  with dense products ((I - L)^{-1} = prod (I + L^(2^j)): batched LAPACK solves of many small
+  systems are slow on CPU). O(n K p + n Q^2 log Q) work for K offsets and blocks of Q.
+
+Shapes: ``a (batch, heads, length)``, ``beta (batch, heads, length, K)``, ``v (batch, heads, length, p)``
+-> ``y (batch, heads, length, p)``. All three compute in one dtype, float32 for half-precision
+inputs (mixed dtypes arise under autocast, where the softmax of the weights runs in float32).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as TF
+
+PATTERNS = {"power2": lambda k: 2 ** k, "square": lambda k: k * k + 1}
+
+
+def offsets(pattern: str, max_len: int) -> list[int]:
+    """The offsets ``f(0), f(1), ...`` below ``max_len`` (at least the first): the pattern of B."""
+    f = PATTERNS[pattern]
+    out = [f(0)]
+    while f(len(out)) < max_len:
+        out.append(f(len(out)))
+    return out
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The common dtype of ``tensors``, float32 in place of half precision."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def gltm_dense(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int]) -> torch.Tensor:
+    """Reference: ``(I - B) Y = A V`` with dense triangular matrices, one per batch and head."""
+    ct = compute_dtype(a, beta, v)
+    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
+    n = v.shape[2]
+    used = [k for k, f in enumerate(offs) if f < n]
+    B = v.new_zeros(*v.shape[:2], n, n)
+    if used:  # B[t, t - f(k)] = beta[t, k] for t >= f(k)
+        rows = torch.cat([torch.arange(offs[k], n) for k in used])
+        B[..., rows, rows - torch.cat([torch.full((n - offs[k],), offs[k]) for k in used])] = torch.cat(
+            [beta[:, :, offs[k]:, k] for k in used], dim=-1)
+    eye = torch.eye(n, dtype=v.dtype, device=v.device)
+    return torch.linalg.solve_triangular(eye - B, a[..., None] * v, upper=False, unitriangular=True)
+
+
+def gltm_step(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, history: torch.Tensor,
+              offs: list[int]) -> torch.Tensor:
+    """One position: ``a (b, h)``, ``beta (b, h, K)``, ``v (b, h, p)`` and the outputs so far
+    ``history (b, h, t, p)`` (at least the last ``max(offs)``) -> ``y_t (b, h, p)``."""
+    ct = compute_dtype(a, beta, v, history)
+    a, beta, v, history = a.to(ct), beta.to(ct), v.to(ct), history.to(ct)
+    y = a[..., None] * v
+    t = history.shape[2]
+    for k, f in enumerate(offs):
+        if f <= t:
+            y = y + beta[..., k, None] * history[:, :, t - f]
+    return y
+
+
+def gltm_sequential(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int]) -> torch.Tensor:
+    """Forward substitution one position at a time (``length`` sequential steps)."""
+    ct = compute_dtype(a, beta, v)
+    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
+    outputs: list[torch.Tensor] = []
+    for t, (a_t, beta_t, v_t) in enumerate(zip(a.unbind(2), beta.unbind(2), v.unbind(2))):
+        y = a_t[..., None] * v_t
+        for k, f in enumerate(offs):
+            if f <= t:
+                y = y + beta_t[..., k, None] * outputs[t - f]
+        outputs.append(y)
+    return torch.stack(outputs, dim=2)
+
+
+def unit_lower_solve(L: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``(I - L)^{-1} rhs`` for strictly lower triangular ``L (..., Q, Q)``: L is nilpotent, so
+    ``(I - L)^{-1} = (I + L)(I + L^2)(I + L^4)...`` (log2 Q factors), all dense products."""
+    y, power, reach = rhs, L, 1
+    while True:
+        y = y + power @ y
+        reach *= 2
+        if reach >= L.shape[-1]:
+            return y
+        power = power @ power
+
+
+def gltm_blocked(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int],
+                 block_size: int) -> torch.Tensor:
+    """Fast path: equal to ``gltm_dense`` in ``length / block_size`` sequential block steps.
+
+    The outputs go into a buffer with ``max(offs)`` zero rows in front, so the sources of every
+    term of a block are one gather (rows of this block are still zero there: their terms are the
+    block's own system). That system is solved by ``unit_lower_solve``: products only.
+    """
+    ct = compute_dtype(a, beta, v)
+    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
+    b, h, n, p = v.shape
+    if not offs:  # B = 0
+        return a[..., None] * v
+    Q = min(block_size, n)
+    pad = (-n) % Q
+    if pad:  # padding comes after every real position: it changes nothing before it
+        a, beta, v = TF.pad(a, (0, pad)), TF.pad(beta, (0, 0, 0, pad)), TF.pad(v, (0, 0, 0, pad))
+    blocks, K, front = (n + pad) // Q, len(offs), max(offs)
+    rhs = (a[..., None] * v).unflatten(2, (blocks, Q)).unbind(2)  # A V per block, (b, h, Q, p) each
+    coef = beta.unflatten(2, (blocks, Q)).unbind(2)  # (b, h, Q, K) each
+    f = torch.tensor(offs, device=v.device)
+    rows = torch.arange(Q, device=v.device)
+    # within a block, row i depends on row i - f for offsets f < Q: a fixed scatter of the coefficients
+    inner = [k for k, o in enumerate(offs) if o < Q]
+    if inner:
+        in_rows = torch.cat([rows[offs[k]:] for k in inner])
+        in_cols = torch.cat([rows[: Q - offs[k]] for k in inner])
+    y = v.new_zeros(b, h, front + n + pad, p)  # y_t at row front + t; rows before front stay zero
+    for c in range(blocks):
+        sources = (front + c * Q + rows[:, None] - f[None, :]).flatten()  # (Q K,): t - f(k)
+        history = y.index_select(2, sources).unflatten(2, (Q, K))  # (b, h, Q, K, p)
+        known = rhs[c] + (coef[c][..., None, :] @ history)[..., 0, :]  # A v + sum_k beta_{t,k} y_{t-f(k)}
+        if inner:  # the block's own system, with L strictly lower triangular: B restricted to the block
+            L = v.new_zeros(b, h, Q, Q)
+            L[..., in_rows, in_cols] = torch.cat([coef[c][:, :, offs[k]:, k] for k in inner], dim=-1)
+            known = unit_lower_solve(L, known)
+        y = y.index_copy(2, front + c * Q + rows, known)
+    return y[:, :, front:front + n]
+
+
+def blocked_steps(length: int, block_size: int) -> tuple[int, int]:
+    """Block length and number of blocks ``gltm_blocked`` uses for ``length``."""
+    Q = min(block_size, length)
+    return Q, math.ceil(length / Q)
+
+
+def solve_products(Q: int) -> tuple[int, int]:
+    """``unit_lower_solve`` on (Q x Q): products with the right-hand side, and squarings of L."""
+    applications = max(1, math.ceil(math.log2(Q))) if Q > 1 else 1
+    return applications, applications - 1

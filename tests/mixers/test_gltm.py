@@ -1,0 +1,83 @@
+"""Structured generalized linear token mixing: the blocked solve equals a dense triangular solve."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixers
+from mixers.ops.gltm import gltm_blocked, gltm_dense, gltm_sequential, offsets
+
+
+def test_offsets_are_the_two_patterns_below_max_len():
+    assert offsets("power2", 64) == [1, 2, 4, 8, 16, 32]
+    assert offsets("power2", 65) == [1, 2, 4, 8, 16, 32, 64]
+    assert offsets("square", 64) == [1, 2, 5, 10, 17, 26, 37, 50]
+    assert len(offsets("square", 10_000)) == 100  # about sqrt(n) offsets
+    assert len(offsets("power2", 1024)) == 10  # log2(n)
+
+
+def weights(batch, heads, n, K, p, seed, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(batch, heads, n, K + 1, generator=gen, dtype=torch.float64).mul(2).softmax(-1)
+    v = torch.randn(batch, heads, n, p, generator=gen, dtype=torch.float64)
+    a, beta = w[..., 0].clone(), w[..., 1:].clone()
+    if requires_grad:
+        a.requires_grad_(), beta.requires_grad_(), v.requires_grad_()
+    return a, beta, v
+
+
+@pytest.mark.parametrize("pattern", ["power2", "square"])
+@pytest.mark.parametrize("n,block", [(1, 4), (5, 4), (8, 4), (37, 8), (100, 16), (64, 64), (70, 3), (130, 32)])
+def test_blocked_equals_dense_triangular_solve(pattern, n, block):
+    offs = offsets(pattern, n)
+    a, beta, v = weights(2, 3, n, len(offs), 4, seed=n * 3 + block)
+    ref = gltm_dense(a, beta, v, offs)
+    assert torch.allclose(gltm_blocked(a, beta, v, offs, block), ref, atol=1e-12)
+    assert torch.allclose(gltm_sequential(a, beta, v, offs), ref, atol=1e-12)
+
+
+def test_dense_solve_is_the_definition():
+    """(I - B) Y = A V with B[t, t - f(k)] = beta[t, k]: check Y by multiplying back."""
+    n, offs = 20, offsets("square", 20)
+    a, beta, v = weights(1, 1, n, len(offs), 2, seed=0)
+    y = gltm_dense(a, beta, v, offs)[0, 0]
+    B = torch.zeros(n, n, dtype=torch.float64)
+    for t in range(n):
+        for k, f in enumerate(offs):
+            if t - f >= 0:
+                B[t, t - f] = beta[0, 0, t, k]
+    assert torch.allclose((torch.eye(n, dtype=torch.float64) - B) @ y, a[0, 0, :, None] * v[0, 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", ["power2", "square"])
+def test_blocked_gradients_equal_dense(pattern):
+    n, offs = 45, offsets(pattern, 45)
+    a, beta, v = weights(1, 2, n, len(offs), 3, seed=1, requires_grad=True)
+    w = torch.randn(1, 2, n, 3, dtype=torch.float64)
+    grads = [torch.autograd.grad((fn(a, beta, v, offs) * w).sum(), (a, beta, v))
+             for fn in (gltm_dense, lambda *args: gltm_blocked(*args, block_size=8))]
+    for g_dense, g_blocked in zip(*grads):
+        assert torch.allclose(g_dense, g_blocked, atol=1e-10)
+
+
+@pytest.mark.parametrize("pattern", ["power2", "square"])
+def test_module_blocked_equals_dense(pattern):
+    torch.manual_seed(0)
+    fast = mixers.build("gltm", 16, 128, pattern=pattern, heads=4, block_size=16)
+    dense = mixers.build("gltm", 16, 128, pattern=pattern, heads=4, impl="dense")
+    dense.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 100, 16)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), dense(x), atol=1e-5)
+
+
+def test_rows_of_b_sum_below_one_and_inputs_beyond_max_len_run():
+    torch.manual_seed(0)
+    m = mixers.build("gltm", 16, 32, pattern="power2", heads=2)
+    a, beta, _, offs = m._weights(torch.randn(2, 50, 16))
+    assert offs == [1, 2, 4, 8, 16]
+    assert ((a + beta.sum(-1) - 1).abs() < 1e-6).all() and (beta.sum(-1) < 1).all()
+    t = torch.arange(50)[:, None]
+    assert (beta[..., t < torch.tensor(offs)[None, :]] == 0).all()  # no weight on outputs before the start
+    with torch.no_grad():
+        assert torch.isfinite(m(torch.randn(1, 200, 16))).all()  # offsets stay those below max_len
