@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from harness.config import ConfigError
+from harness.config import ConfigError, check_forward, make_model, validate
 from harness.run import execute
 from tests.harness.helpers import make_config
 
@@ -86,3 +87,12 @@ def test_unknown_config_group_option_lists_choices(tmp_path):
     assert proc.returncode != 0
     out = proc.stderr + proc.stdout
     assert "transformer" in out and "attention" in out and "tmm" in out
+
+
+@pytest.mark.parametrize("mixer_file", sorted(p.stem for p in (ROOT / "conf" / "mixer").glob("*.yaml")))
+def test_every_mixer_config_passes_validation(mixer_file):
+    """The defaults in conf/mixer/ have the types their mixer's signature declares, and build and run."""
+    cfg = make_config(f"mixer={mixer_file}")
+    task, _ = validate(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # mamba_ssm kernels run on CUDA only
+    check_forward(make_model(cfg["model"], cfg["mixer"], task).to(device), task, device, cfg["mixer"])

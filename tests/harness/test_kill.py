@@ -25,9 +25,15 @@ def sweep_command(results: Path, logs: Path) -> list[str]:
             "train.eval_every=20", f"seed={','.join(SEEDS)}", f"results_dir={results}", f"hydra.sweep.dir={logs}"]
 
 
+def interactive() -> None:
+    """Ctrl-C's default in the child: a suite started in the background (``&``, nohup) passes on an
+    ignored SIGINT, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(command: list[str]) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            start_new_session=True, preexec_fn=interactive, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def snapshot(runs: Path) -> dict[str, bytes]:
