@@ -51,7 +51,8 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_bytes=props.total_memory, cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version())
+                   cudnn=torch.backends.cudnn.version(), cudnn_deterministic=torch.backends.cudnn.deterministic,
+                   cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     else:
         env["cpu"] = platform.processor() or platform.machine()
     return env

@@ -7,14 +7,24 @@ import os
 import tempfile
 from pathlib import Path
 
-# Keys that say where or how verbosely a run writes, not what it computes.
-NON_IDENTITY_KEYS = ("results_dir", "force", "concurrent_runs")
+# Keys that say where, how verbosely or on which GPU a run writes, not what it computes.
+NON_IDENTITY_KEYS = ("results_dir", "force", "concurrent_runs", "gpu")
 NON_IDENTITY_TRAIN_KEYS = ("progress",)
+# Keys added after records were first written: at these values they are left out of the identity,
+# so that older records keep their ids (and are not rerun); any other value makes a new run.
+ADDED_KEYS = {"deterministic": False}
+# Statuses that are a result of the config (skipped on a rerun unless force=true); ``oom`` and
+# ``failed`` depend on the machine or the code, so a rerun tries them again.
+FINISHED = ("ok", "diverged")
+# Fields a record must have, by status; a record without them is reported as unreadable and rerun.
+REQUIRED = {"ok": ("final", "curve", "timing", "memory", "throughput"), "diverged": ("diverged_step",),
+            "oom": ("error",), "failed": ("error",)}
 
 
 def identity(config: dict) -> dict:
     """The part of a resolved config that determines a run's results."""
-    ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    ident = {k: v for k, v in config.items()
+             if k not in NON_IDENTITY_KEYS and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
     if isinstance(ident.get("train"), dict):
         ident["train"] = {k: v for k, v in ident["train"].items() if k not in NON_IDENTITY_TRAIN_KEYS}
     return ident
@@ -49,11 +59,23 @@ def write_atomic(path: Path, record: dict) -> None:
 
 
 def read_record(path: Path) -> dict:
+    """The record at ``path``; ``ValueError`` when it is not complete JSON or lacks what its status needs."""
     with open(path) as f:
         record = json.load(f)
-    if not isinstance(record, dict) or "status" not in record or "config" not in record:
+    if not isinstance(record, dict) or "status" not in record or not isinstance(record.get("config"), dict):
         raise ValueError("not a mixbench record (no status or config)")
+    status = record["status"]
+    if status not in REQUIRED:
+        raise ValueError(f"unknown status {status!r}; records have one of {', '.join(REQUIRED)}")
+    missing = [k for k in REQUIRED[status] if k not in record]
+    if missing:
+        raise ValueError(f"partial record: status {status!r} without {', '.join(missing)}")
     return record
+
+
+def stray_temporaries(runs_dir: Path) -> list[Path]:
+    """Temporary files of writes that a hard kill (SIGKILL, power loss) interrupted; never records."""
+    return sorted(Path(runs_dir).glob(".*.tmp"))
 
 
 def load_records(runs_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]:

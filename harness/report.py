@@ -5,8 +5,8 @@
     python -m harness.report --all
 
 Runs are grouped by (mixer, protocol) over seeds; runs that did not finish (``failed``, ``oom``,
-``diverged``) are counted and named in the table, never shown as zeros. Unreadable record files
-are listed with their paths.
+``diverged``) are counted and named in the table, never shown as zeros. Unreadable or partial
+record files, and temporary files of interrupted writes, are listed with their paths.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.environment import hardware_label  # noqa: E402
-from harness.records import load_records  # noqa: E402
+from harness.records import load_records, stray_temporaries  # noqa: E402
 
 THRESHOLDS = (0.9, 0.99)
 
@@ -343,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     records, problems = load_records(args.results_dir / "runs")
     for path, problem in problems:
-        print(f"unreadable record (skipped, rerun it): {path}: {problem}")
+        print(f"unreadable record (not in the tables; rerunning its sweep reruns it): {path}: {problem}")
+    for path in stray_temporaries(args.results_dir / "runs"):
+        print(f"interrupted write (not a record; safe to delete): {path}")
     names = sorted({r["config"].get("benchmark", "adhoc") for r in records}) if args.all else args.benchmark
     if not names:
         parser.error("name a --benchmark or pass --all")

@@ -1,31 +1,63 @@
 """Train and evaluate one configuration; write one record. Hydra entry point.
 
     python -m harness.run mixer=tmm task=copy                  # one run
-    python -m harness.run -m +experiment=copy_benchmark        # a sweep
+    python -m harness.run -m +experiment=copy_benchmark        # a sweep, one run after another
+    python -m harness.run -m +experiment=copy_benchmark mixer=tmm,attention model.d_model=64,128
+                                                               # narrow one sweep key, add another
+    ... -m +experiment=copy_benchmark hydra/launcher=cpu_parallel hydra.launcher.n_jobs=2 train.threads=1 concurrent_runs=2
+    ... -m +experiment=copy_benchmark hydra/launcher=gpu_parallel      # one run per GPU at a time
+    ... -m +experiment=copy_benchmark hydra/launcher=slurm hydra.launcher.partition=gpu
+
+A sweep is checked whole before anything trains (harness.preflight).
 
 Without a ``train=...`` override the training profile follows the hardware: ``train=gpu`` when
-CUDA is visible, ``train=cpu`` otherwise. A finished record with the same config is not rerun
-unless ``force=true``.
+CUDA is visible or the Slurm launcher is chosen, ``train=cpu`` otherwise. A finished record with
+the same config is not rerun unless ``force=true``. Ctrl-C or SIGTERM stops cleanly: finished
+records stay, the interrupted run writes nothing, and the same command later runs what is missing.
 """
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import threading
 import time
-import traceback
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, make_model, make_task, make_train_config, resolve_device, to_dict
+from harness.config import CONF_DIR, ConfigError, check_forward, make_model, to_dict, validate
+from harness.device import CUBLAS_DETERMINISTIC, run_device, set_determinism
 from harness.environment import environment
-from harness.records import read_record, record_path, run_id, write_atomic
+from harness.faults import failed_fields, is_out_of_memory, oom_fields
+from harness.records import FINISHED, read_record, record_path, run_id, write_atomic
 from harness.train import Diverged, train
 
 log = logging.getLogger("mixbench")
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# conf/hydra/launcher/gpu_parallel.yaml: one parallel job per GPU slot of this machine
+OmegaConf.register_new_resolver("gpu_slots", lambda per_gpu=1: max(1, torch.cuda.device_count()) * int(per_gpu),
+                                replace=True)
+
+
+def finished_record(path: Path, force: bool) -> dict | None:
+    """The finished record at ``path`` unless ``force``; an unreadable or unfinished one means rerun."""
+    if force or not path.exists():
+        return None
+    try:
+        existing = read_record(path)
+    except (OSError, ValueError) as err:
+        log.warning("rerun: record %s is unreadable (%s)", path, err)
+        return None
+    if existing["status"] in FINISHED:
+        log.info("skip: finished record %s exists (force=true reruns it)", path)
+        return existing
+    log.info("rerun: record %s has status %s", path, existing["status"])
+    return None
 
 
 def execute(cfg: dict) -> dict:
@@ -34,58 +66,77 @@ def execute(cfg: dict) -> dict:
     Bad configuration raises ``ConfigError`` before anything trains. A run that diverges, runs out
     of memory or fails otherwise is recorded with that status instead of raising.
     """
-    device = resolve_device(cfg.get("device", "auto"))
-    task = make_task(cfg["task"])
-    train_cfg = make_train_config(cfg["train"])
+    task, train_cfg = validate(cfg)
     path = record_path(Path(cfg["results_dir"]) / "runs", cfg)
-    if path.exists() and not cfg.get("force", False):
-        try:
-            existing = read_record(path)
-            if existing.get("status") == "ok":
-                log.info("skip: finished record %s exists (force=true reruns it)", path)
-                return existing
-        except (OSError, ValueError) as err:
-            log.warning("rerun: record %s is unreadable (%s)", path, err)
-    if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
+    existing = finished_record(path, cfg["force"])
+    if existing is not None:
+        return existing
     torch.manual_seed(cfg["seed"])  # model initialisation; data comes from its own generator below
-    model = make_model(cfg["model"], cfg["mixer"], task).to(device)
-    generator = torch.Generator(device=device).manual_seed(cfg["seed"])
-    record = {
-        "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
-        "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
-        "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
-        "environment": environment(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
-             f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
-    try:
-        result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}")
-        record.update(status="ok", final=result.final, curve=result.curve, timing=result.timing,
-                      memory=result.memory, throughput=result.throughput, train_flops=result.train_flops,
-                      steps_done=result.steps_done)
-    except Diverged as err:
-        record.update(status="diverged", diverged_step=err.step, error=str(err))
-    except torch.OutOfMemoryError as err:
-        record.update(status="oom", error=str(err).splitlines()[0],
-                      sizes={"batch_size": train_cfg.batch_size, "max_input_len": task.max_input_len(),
-                             "d_model": cfg["model"]["d_model"], "n_layers": cfg["model"]["n_layers"]})
-    except Exception as err:  # recorded, and the sweep goes on
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_atomic(path, record)
+    model = make_model(cfg["model"], cfg["mixer"], task)  # on CPU; a mixer refusing its options is a ConfigError
+    with run_device(cfg) as (device, gpu_facts):
+        set_determinism(cfg["deterministic"])
+        if train_cfg.threads:
+            torch.set_num_threads(train_cfg.threads)
+        record = {
+            "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
+            "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
+            "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
+            "environment": {**environment(device), **gpu_facts}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
+                 f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
+        try:
+            model = model.to(device)
+            check_forward(model, task, device, cfg["mixer"])  # options that build but cannot run: ConfigError
+            generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+            result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}")
+            record.update(status="ok", final=result.final, curve=result.curve, timing=result.timing,
+                          memory=result.memory, throughput=result.throughput, train_flops=result.train_flops,
+                          steps_done=result.steps_done)
+        except ConfigError:
+            raise  # nothing trained, nothing recorded
+        except Diverged as err:
+            record.update(status="diverged", diverged_step=err.step, error=str(err))
+        except Exception as err:  # recorded, and the sweep goes on
+            if is_out_of_memory(err):
+                sizes = {"batch_size": train_cfg.batch_size, "eval_batch_size": train_cfg.eval_batch_size,
+                         "max_input_len": task.max_input_len(), "d_model": cfg["model"]["d_model"],
+                         "n_layers": cfg["model"]["n_layers"], "params": record["params"]["total"]}
+                record.update(oom_fields(err, sizes, device))
+            else:
+                record.update(failed_fields(err))
+        model = None  # free the device before the next job of this process  # noqa: F841
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_atomic(path, record)
     log.info("%s: %s -> %s", record["status"], record["id"], path)
     if record["status"] == "ok":
         log.info("final: %s", {k: round(v, 4) for k, v in record["final"].items() if isinstance(v, float)})
+    elif record["status"] == "diverged":
+        log.warning("diverged at step %s: %s", record["diverged_step"], record["error"])
+    else:
+        log.warning("%s: %s", record["status"], record["error"])
     return record
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's cancel, ``kill``) stops like Ctrl-C: no half-written file is left."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    stop_on_sigterm()  # also in joblib workers and Slurm jobs, which do not run __main__ below
     try:
         execute(to_dict(cfg))
     except ConfigError as err:
         log.error("configuration error: %s", err)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and goes on with the sweep; it reports the error at the end
         raise SystemExit(2) from None
 
 
@@ -93,9 +144,18 @@ def default_overrides(argv: list[str]) -> list[str]:
     """Add ``train=gpu`` or ``train=cpu`` unless the command line chose a training profile."""
     if any(a.split("=")[0].lstrip("+~") == "train" for a in argv[1:]):
         return argv
-    return argv + ["train=gpu" if torch.cuda.is_available() else "train=cpu"]
+    gpu = torch.cuda.is_available() or "hydra/launcher=slurm" in argv[1:]  # Slurm jobs run on GPU nodes
+    return argv + ["train=gpu" if gpu else "train=cpu"]
 
 
 if __name__ == "__main__":
     sys.argv = default_overrides(sys.argv)
-    main()
+    if "deterministic=true" in sys.argv[1:]:  # before anything starts cuBLAS (see harness.device)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    stop_on_sigterm()
+    try:
+        main()
+    except KeyboardInterrupt as err:
+        print(f"interrupted ({str(err) or 'Ctrl-C'}): finished records are intact; "
+              "the same command runs only what is missing", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from harness.config import load
 
-from harness.config import to_dict
-from harness.run import CONF_DIR
+# A run that trains and evaluates in a fraction of a second (any mixer with heads takes mixer.heads=2).
+TINY = ("train.steps=4", "train.eval_every=2", "train.warmup_steps=1", "task.max_train_len=4", "task.eval_lengths=[4]",
+        "task.eval_samples=8", "model.d_model=16")
 
 
 def make_config(*overrides: str, results_dir: Path | None = None) -> dict:
@@ -16,5 +17,4 @@ def make_config(*overrides: str, results_dir: Path | None = None) -> dict:
         args.append("train=test")
     if results_dir is not None:
         args.append(f"results_dir={results_dir}")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return to_dict(compose(config_name="config", overrides=args))
+    return load(args)

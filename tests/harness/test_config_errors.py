@@ -1,14 +1,16 @@
 """Bad input fails before any training, with a message naming the field and the valid values."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import mixers
-from harness.config import ConfigError
+from harness.config import ConfigError, check_forward, make_model, validate
 from harness.run import execute
 from tests.harness.helpers import make_config
 
@@ -27,11 +29,32 @@ ROOT = Path(__file__).resolve().parents[2]
     (("train.warmup_steps=5000",), "train.warmup_steps"),
     (("device=tpu",), "device: must be one of auto, cpu, cuda"),
     (("model.n_layers=0",), "model.n_layers"),
+    # found by fuzzing the loader (test_config_fuzz.py): wrong types, null, negatives, floats for ints, unknown keys
+    (("train.steps=abc",), "train.steps: must be an integer, got 'abc' (str)"),
+    (("train.steps=true",), "train.steps: must be an integer, got True (bool)"),
+    (("train.batch_size=1.5",), "train.batch_size: must be an integer, got 1.5 (float)"),
+    (("train.lr=abc",), "train.lr: must be a finite number"),
+    (("train.lr=1e300",), "train.lr: must be a finite number"),
+    (("train.lr=nan",), "train.lr: must be a finite number"),
+    (("train.betas=0.9",), "train.betas: must be a list of 2"),
+    (("train.batch_size=1180591620717411303424",), re.compile(r"train.batch_size: \d+ is out of range")),
+    (("model.d_model=null",), "model.d_model: must be an integer, got None"),
+    (("model.mlp_ratio=0.001",), "model.mlp_ratio: must be > 0 and leave the MLP at least one hidden unit"),
+    (("seed=-1",), re.compile(r"seed: must be an integer in \[0, 2\*\*63\)")),
+    (("+model.dropout=0.1",), re.compile(r"model: unknown field\(s\) \['dropout'\]; valid fields: d_model")),
+    (("+sed=1",), re.compile(r"config: unknown field\(s\) \['sed'\]")),
+    (("model.dropout=0.1",), "override: Could not override 'model.dropout'"),
+    (("task.alphabet_size=abc",), "task.alphabet_size: must be an integer"),
+    (("task.eval_lengths=[4,x]",), "task.eval_lengths: must be a list of integers"),
+    (("mixer.heads=2.0",), "mixer.heads: must be an integer, got 2.0"),
+    (("mixer=mamba", "mixer.chunk_size=0", "mixer.impl=torch"), re.compile(r"mixer \(mamba\): division by zero \(with .*chunk_size=0")),
+    (("mixer=mamba", "mixer.d_conv=0", "mixer.impl=torch"), re.compile(r"mixer \(mamba\): builds but cannot run a forward pass")),
+    (("mixer=hyena", "mixer.filter_lr=-1"), re.compile(r"mixer \(hyena\): gives some parameters lr=-1(\.0)?, which must be >= 0")),
+    (("gpu.jobs_per_gpu=0",), "gpu.jobs_per_gpu: must be an integer >= 1"),
 ])
 def test_invalid_config_is_rejected_before_training(tmp_path, overrides, message):
-    cfg = make_config(*overrides, results_dir=tmp_path)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        execute(cfg)
+    with pytest.raises(ConfigError, match=message if isinstance(message, re.Pattern) else re.escape(message)):
+        execute(make_config(*overrides, results_dir=tmp_path))
     assert not (tmp_path / "runs").exists()  # nothing ran, nothing recorded
 
 
@@ -65,3 +88,12 @@ def test_unknown_config_group_option_lists_choices(tmp_path):
     assert proc.returncode != 0
     out = proc.stderr + proc.stdout
     assert "transformer" in out and "attention" in out and "tmm" in out
+
+
+@pytest.mark.parametrize("mixer_file", sorted(p.stem for p in (ROOT / "conf" / "mixer").glob("*.yaml")))
+def test_every_mixer_config_passes_validation(mixer_file):
+    """The defaults in conf/mixer/ have the types their mixer's signature declares, and build and run."""
+    cfg = make_config(f"mixer={mixer_file}")
+    task, _ = validate(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # mamba_ssm kernels run on CUDA only
+    check_forward(make_model(cfg["model"], cfg["mixer"], task).to(device), task, device, cfg["mixer"])

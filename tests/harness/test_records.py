@@ -71,3 +71,49 @@ def test_unreadable_record_is_reported_with_its_path(tmp_path):
     (runs / "broken.json").write_text('{"status": "ok", "conf')
     found, problems = records.load_records(runs)
     assert found == [] and problems[0][0] == runs / "broken.json"
+
+
+def test_keys_added_later_keep_old_ids_at_their_default(tmp_path):
+    cfg = make_config(*TINY, results_dir=tmp_path)
+    old = {k: v for k, v in cfg.items() if k not in ("deterministic", "gpu")}  # a config from before those keys
+    assert records.run_id(old) == records.run_id(cfg)
+    assert records.run_id({**cfg, "deterministic": True}) != records.run_id(cfg)
+    assert records.run_id({**cfg, "gpu": {"jobs_per_gpu": 4, "lock_dir": "/elsewhere"}}) == records.run_id(cfg)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not-a-record", "ok-without-final", "unknown-status"])
+def test_corrupt_or_partial_record_is_reported_with_its_path_and_rerun(tmp_path, damage):
+    cfg = make_config(*TINY, results_dir=tmp_path)
+    path = records.record_path(tmp_path / "runs", cfg)
+    first = execute(cfg)
+    text = path.read_text()
+    broken = {"truncated": text[: len(text) // 2], "empty": "", "not-a-record": "[1, 2]",
+              "ok-without-final": json.dumps({k: v for k, v in first.items() if k != "final"}),
+              "unknown-status": json.dumps({**first, "status": "running"})}[damage]
+    path.write_text(broken)
+    found, problems = records.load_records(tmp_path / "runs")
+    assert found == [] and [p for p, _ in problems] == [path]
+    again = execute(cfg)
+    assert again["status"] == "ok" and again["started"] >= first["started"]
+    assert records.read_record(path)["id"] == first["id"]  # rewritten whole
+
+
+def test_diverged_is_a_finished_result_but_failed_and_oom_are_rerun(tmp_path):
+    cfg = make_config(*TINY, results_dir=tmp_path)
+    path = records.record_path(tmp_path / "runs", cfg)
+    base = {"id": records.run_id(cfg), "config": cfg, "started": "then"}
+    records.write_atomic(path, {**base, "status": "diverged", "diverged_step": 3, "error": "loss is nan"})
+    assert execute(cfg)["started"] == "then"
+    for status in ("failed", "oom"):
+        records.write_atomic(path, {**base, "status": status, "error": "x"})
+        assert execute(cfg)["status"] == "ok"
+        records.write_atomic(path, {**base, "status": status, "error": "x"})
+
+
+def test_stray_temporary_files_are_not_records(tmp_path):
+    runs = tmp_path / "runs"
+    records.write_atomic(runs / "a.json", {"status": "oom", "config": {}, "error": "x"})
+    (runs / ".a-x1y2.tmp").write_text('{"status": "o')  # left by a SIGKILL during a write
+    found, problems = records.load_records(runs)
+    assert len(found) == 1 and problems == []
+    assert records.stray_temporaries(runs) == [runs / ".a-x1y2.tmp"]

@@ -64,3 +64,23 @@ def test_time_to_reach_thresholds():
     assert report.time_to_reach(curve, 0.9, "accuracy_in") == (4.0, 8.0)
     assert report.time_to_reach(curve, 1.0, "loss_in", below=True) == (4.0, 8.0)
     assert report.time_to_reach(curve, 0.1, "loss_in", below=True) is None
+
+
+def test_report_shows_every_fault_and_every_unreadable_file(tmp_path, capsys):
+    ok = execute(make_config("mixer=tmm", "mixer.heads=2", *TINY, results_dir=tmp_path))
+    ok.pop("_path", None)
+    bare = {k: v for k, v in ok.items() if k not in ("final", "curve", "memory", "throughput", "timing")}
+    runs = tmp_path / "runs"
+    write_atomic(runs / "copy-tmm-div.json", {**bare, "status": "diverged", "diverged_step": 3, "error": "loss is nan",
+                                              "config": {**ok["config"], "seed": 1}})
+    write_atomic(runs / "copy-tmm-fail.json", {**bare, "status": "failed", "error": "ValueError: x", "traceback": "...",
+                                               "config": {**ok["config"], "seed": 2}})
+    (runs / "copy-tmm-partial.json").write_text(json.dumps({k: v for k, v in ok.items() if k != "curve"}))
+    (runs / ".copy-tmm-abc-123.tmp").write_text("{")
+    assert report.main(["--benchmark", "tiny", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{runs / 'copy-tmm-partial.json'}: ValueError: partial record: status 'ok' without curve" in out
+    assert str(runs / ".copy-tmm-abc-123.tmp") in out
+    table = pd.read_csv(tmp_path / "tiny" / "test" / "table.csv")
+    assert list(table["runs"]) == ["1/3 ok (1 diverged at step 3; 1 failed)"]
+    assert list(table["seeds"]) == ["0,1,2"]

@@ -1,0 +1,87 @@
+"""Sweeps: experiment params that the command line narrows or extends, a preflight that checks every
+run before any trains, parallel runs through joblib with faults recorded and reported."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
+
+from harness import report
+from harness.preflight import job_overrides, preflight
+from harness.run import CONF_DIR, execute
+from tests.harness.helpers import TINY, make_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sweep(*overrides: str, check: bool = False):
+    """``(job overrides, preflight result if check)`` of ``python -m harness.run -m <overrides>``."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = GlobalHydra.instance().hydra.compose_config("config", list(overrides), run_mode=RunMode.MULTIRUN,
+                                                          with_log_configuration=False)
+        return job_overrides(cfg), preflight(cfg, "config") if check else None
+
+
+def values(jobs: list[list[str]], key: str) -> set[str]:
+    return {o.split("=", 1)[1] for job in jobs for o in job if o.split("=", 1)[0] == key}
+
+
+def test_experiment_params_are_the_sweep():
+    jobs, _ = sweep("+experiment=copy_benchmark", "train=test")
+    assert len(jobs) == 4 * 2 * 2
+    assert values(jobs, "mixer") == {"mamba", "hyena", "tmm", "attention"}
+
+
+def test_command_line_narrows_and_extends_the_sweep():
+    jobs, _ = sweep("+experiment=copy_benchmark", "mixer=tmm,attention", "model.d_model=64,128", "train=test")
+    assert len(jobs) == 2 * 2 * 2 * 2  # mixers narrowed to 2, protocols 2, seeds 2, d_model added with 2
+    assert values(jobs, "mixer") == {"tmm", "attention"}
+    assert values(jobs, "model.d_model") == {"64", "128"}
+    assert values(jobs, "task.protocol") == {"variable", "fixed"} and values(jobs, "seed") == {"0", "1"}
+    jobs, _ = sweep("+experiment=copy_benchmark", "seed=0,1,2,3", "task.protocol=fixed", "train=test")
+    assert len(jobs) == 4 * 1 * 4 and values(jobs, "seed") == {"0", "1", "2", "3"}
+
+
+def test_preflight_finds_every_bad_run_and_counts_finished_ones(tmp_path):
+    _, (runs, finished, problems) = sweep("mixer=tmm,attention", "model.d_model=30,32", "train=test",
+                                          f"results_dir={tmp_path}", check=True)
+    assert runs == 4 and len(problems) == 2
+    assert all("model.d_model=30" in job for job, _ in problems)
+    assert {e.split(":")[0] for _, e in problems} == {"mixer (tmm)", "mixer (attention)"}
+    execute(make_config(*TINY, "mixer.heads=2", results_dir=tmp_path))
+    _, (runs, finished, problems) = sweep(*TINY, "mixer.heads=2", "seed=0,1", "train=test", f"results_dir={tmp_path}",
+                                          check=True)
+    assert (runs, finished, problems) == (2, 1, [])
+
+
+def run_sweep(*overrides: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.run", "-m", *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_bad_run_stops_the_sweep_before_anything_trains(tmp_path):
+    proc = run_sweep("mixer=tmm", "model.d_model=30,32", "train=test", f"results_dir={tmp_path}",
+                     f"hydra.sweep.dir={tmp_path}/logs")
+    assert proc.returncode == 2, proc.stderr
+    assert "model.d_model=30" in proc.stdout + proc.stderr and "nothing was run" in proc.stdout + proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_parallel_sweep_records_faults_and_goes_on(tmp_path):
+    """joblib, two processes: one run diverges, the other finishes; the report shows both as such."""
+    proc = run_sweep("hydra/launcher=cpu_parallel", "train=test", "train.threads=1", "concurrent_runs=2", *TINY, "mixer.heads=2",
+                     "train.grad_clip=0", "train.lr=0.003,1e6", "train.steps=30", "train.eval_every=10",
+                     "benchmark=faults", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/logs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
+    by_lr = {r["config"]["train"]["lr"]: r for r in records}
+    assert by_lr[0.003]["status"] == "ok"
+    assert by_lr[1e6]["status"] == "diverged" and 1 <= by_lr[1e6]["diverged_step"] <= 30
+    assert report.main(["--benchmark", "faults", "--results-dir", str(tmp_path)]) == 0
+    table = (tmp_path / "faults" / "test" / "table.md").read_text()
+    assert "1/1 ok" in table and f"0/1 ok (1 diverged at step {by_lr[1e6]['diverged_step']})" in table
