@@ -5,10 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mixbench-installed
 # Extra Hydra overrides for any benchmark, e.g. make copy-benchmark ARGS="seed=0,1,2"
 ARGS   ?=
-# On a CPU-only machine, sweeps run one single-threaded process per core (hydra-joblib-launcher);
-# with CUDA they run one after another on the GPU. Evaluated after `setup`, when .venv exists.
-JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
-LAUNCH  = $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else 'hydra/launcher=cpu_parallel hydra.launcher.n_jobs=$(JOBS) concurrent_runs=$(JOBS) train.threads=1')")
+# Launcher overrides for this machine (harness/launch.py): on a CPU-only machine one single-threaded
+# process per core and the CPU-sized mixer list; with several GPUs one process per GPU; with one GPU
+# runs one after another. Evaluated after `setup`, when .venv exists.
+CPU_MIXERS ?= mamba,hyena,tmm,attention
+LAUNCH      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS))
 
 .PHONY: setup test copy-benchmark scaling-benchmark generation-benchmark report clean
 
