@@ -93,6 +93,9 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
     try:
         return SequenceModel(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers, max_len=max_len,
                              mixer=name, mixer_options=options, mlp_ratio=model_cfg["mlp_ratio"],
-                             norm=model_cfg["norm"], tie_embeddings=bool(model_cfg.get("tie_embeddings", False)))
+                             norm=model_cfg["norm"], tie_embeddings=bool(model_cfg.get("tie_embeddings", False)),
+                             input_dim=task.input_dim if task.input_kind == "continuous" else 0,
+                             output_dim=task.output_dim if task.output_kind == "continuous" else 0,
+                             mlp_hidden=model_cfg.get("mlp_hidden"))
     except (ValueError, TypeError) as err:
         raise ConfigError(f"mixer ({name}): {err}") from None

@@ -164,7 +164,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
             if step == 0:
                 memory.mark_static()
             loss_window.append(loss.detach())
-            batch_size, length = batch.inputs.shape
+            batch_size, length = batch.inputs.shape[:2]
             tokens += batch_size * length
             result.train_flops += model.step_flops(batch_size, length)
             result.steps_done = step + 1
