@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import mixers
+from harness.matching import MatchError, match_parameters
 from harness.model import SequenceModel
 from harness.train import TrainConfig
 from tasks import UnknownTaskError, build_task
@@ -90,12 +91,32 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
     max_len = model_cfg.get("max_len") or needed
     _check(isinstance(max_len, int) and max_len >= needed, "model.max_len",
            f"is {max_len} but task {task.name} feeds inputs of up to {needed} tokens; raise it or set it to null (fit the task)")
-    try:
-        return SequenceModel(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers, max_len=max_len,
+    mlp_hidden = model_cfg.get("mlp_hidden")
+    _check(mlp_hidden is None or (isinstance(mlp_hidden, int) and mlp_hidden >= 1), "model.mlp_hidden",
+           f"must be null (mlp_ratio * d_model) or an integer >= 1, got {mlp_hidden!r}")
+
+    def build(width: int, hidden: int | None) -> SequenceModel:
+        return SequenceModel(vocab_size=task.vocab_size, d_model=width, n_layers=n_layers, max_len=max_len,
                              mixer=name, mixer_options=options, mlp_ratio=model_cfg["mlp_ratio"],
                              norm=model_cfg["norm"], tie_embeddings=bool(model_cfg.get("tie_embeddings", False)),
                              input_dim=task.input_dim if task.input_kind == "continuous" else 0,
                              output_dim=task.output_dim if task.output_kind == "continuous" else 0,
-                             mlp_hidden=model_cfg.get("mlp_hidden"))
+                             mlp_hidden=hidden)
+
+    matching = None
+    target = model_cfg.get("match_params")
+    if target is not None:
+        _check(isinstance(target, int) and target >= 1, "model.match_params",
+               f"must be null or a parameter count >= 1, got {target!r}")
+        try:
+            matching = match_parameters(build, target, d_model, n_layers, by=model_cfg.get("match_by", "d_model+mlp"),
+                                        tolerance=model_cfg.get("match_tolerance", 0.02))
+        except MatchError as err:
+            raise ConfigError(f"model.match_params: {name}: {err}") from None
+        d_model, mlp_hidden = matching["d_model"], matching["mlp_hidden"] or mlp_hidden
+    try:
+        model = build(d_model, mlp_hidden)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"mixer ({name}): {err}") from None
+    model.matching = matching  # what parameter matching chose (None without it); runs record it
+    return model

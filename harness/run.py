@@ -19,6 +19,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from harness import eval_sets as frozen
 from harness.config import ConfigError, make_model, make_task, make_train_config, resolve_device, to_dict
 from harness.environment import environment
 from harness.records import read_record, record_path, run_id, write_atomic
@@ -51,16 +52,26 @@ def execute(cfg: dict) -> dict:
     torch.manual_seed(cfg["seed"])  # model initialisation; data comes from its own generator below
     model = make_model(cfg["model"], cfg["mixer"], task).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+    loaded = frozen.load(cfg["task"], cfg["results_dir"])  # the frozen copy when there is one
+    if loaded is not None:
+        sets, eval_info = loaded
+        eval_info = {k: eval_info[k] for k in ("source", "path", "id", "sha256")}
+    else:
+        sets = task.eval_sets()
+        eval_info = {"source": "generated", "id": frozen.set_id(cfg["task"]),
+                     "sha256": {name: frozen.digest(batch) for name, batch in sets.items()}}
     record = {
         "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
         "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
         "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
+        "matching": model.matching, "eval_sets": eval_info,
         "environment": environment(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
              f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
     try:
-        result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}")
+        result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}",
+                       eval_sets=sets)
         record.update(status="ok", final=result.final, curve=result.curve, timing=result.timing,
                       memory=result.memory, throughput=result.throughput, train_flops=result.train_flops,
                       steps_done=result.steps_done)

@@ -8,9 +8,9 @@ linear read-in and predicts one value per position through a linear read-out. Th
 error over those ``n`` positions.
 
 The metric is the squared error at each number of in-context examples ``k = 0..n-1``, divided by
-``d`` (so the zero predictor scores ``E[y^2] / d = 1`` without noise), reported as ``err_k<k>``.
-``summary()`` holds the same curve for least squares (minimum-norm for ``k < d``) and for the
-zero predictor on the same evaluation prompts.
+``d`` (so the zero predictor scores ``E[y^2] / d = 1`` without noise), reported as ``err_k<k>``,
+with the same curve for least squares (``lsq_k<k>``, minimum-norm for ``k < d``) and the zero
+predictor (``zero_k<k>``) on the same prompts, and ``error`` the model's mean over ``k``.
 """
 from __future__ import annotations
 
@@ -62,7 +62,6 @@ class ICLRegressionTask(Task):
         self.n_dims, self.n_points, self.noise_std = n_dims, n_points, noise_std
         self.eval_samples, self.eval_seed = eval_samples, eval_seed
         self.input_dim, self.output_dim = n_dims, 1
-        self._baselines: dict | None = None
 
     def max_input_len(self) -> int:
         return 2 * self.n_points
@@ -93,17 +92,14 @@ class ICLRegressionTask(Task):
 
     @torch.no_grad()
     def metrics(self, outputs: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        curve = self.error_curve(outputs[:, 0::2, 0].float(), batch)
-        return {"error": curve.mean(1), **{f"err_k{k}": curve[:, k] for k in range(self.n_points)}}
-
-    def baselines(self, batch: Batch) -> dict[str, list[float]]:
-        """Squared error / d against the number of in-context examples for least squares and the zero predictor."""
-        xs, ys = batch.inputs[:, 0::2], batch.targets[:, 0::2]
-        return {"least_squares": self.error_curve(least_squares_predictions(xs, ys), batch).mean(0).tolist(),
-                "zero": self.error_curve(torch.zeros_like(ys), batch).mean(0).tolist()}
+        xs, ys = batch.inputs[:, 0::2].float(), batch.targets[:, 0::2].float()
+        curves = {"err": self.error_curve(outputs[:, 0::2, 0].float(), batch),
+                  "lsq": self.error_curve(least_squares_predictions(xs, ys), batch),
+                  "zero": self.error_curve(torch.zeros_like(ys), batch)}
+        out = {"error": curves["err"].mean(1)}
+        for name, curve in curves.items():
+            out.update({f"{name}_k{k}": curve[:, k] for k in range(self.n_points)})
+        return out
 
     def summary(self) -> dict:
-        if self._baselines is None:
-            self._baselines = self.baselines(self.eval_sets()["prompts"])
-        return {"n_dims": self.n_dims, "n_points": self.n_points, "noise_std": self.noise_std,
-                "baselines": self._baselines}
+        return {"n_dims": self.n_dims, "n_points": self.n_points, "noise_std": self.noise_std}
