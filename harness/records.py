@@ -10,6 +10,7 @@ from pathlib import Path
 # Keys that say where or how verbosely a run writes, not what it computes.
 NON_IDENTITY_KEYS = ("results_dir", "force", "concurrent_runs")
 NON_IDENTITY_TRAIN_KEYS = ("progress",)
+NON_IDENTITY_TASK_KEYS = ("cache_dir",)  # where a text task caches its tokenised corpus
 
 
 def identity(config: dict) -> dict:
@@ -17,6 +18,8 @@ def identity(config: dict) -> dict:
     ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
     if isinstance(ident.get("train"), dict):
         ident["train"] = {k: v for k, v in ident["train"].items() if k not in NON_IDENTITY_TRAIN_KEYS}
+    if isinstance(ident.get("task"), dict):
+        ident["task"] = {k: v for k, v in ident["task"].items() if k not in NON_IDENTITY_TASK_KEYS}
     return ident
 
 
