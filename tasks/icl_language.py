@@ -40,7 +40,7 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
 def sample_automata(batch: int, num_symbols: int, min_states: int, max_states: int, min_alphabet: int,
                     max_alphabet: int, max_transitions: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random automata as a transition table ``next_state (batch, max_states, num_symbols)`` (-1: no
-    edge) and their number of states ``(batch,)``. States ``>= n`` are unused and unreachable."""
+    edge) and their number of states ``(batch,)``; rows of states ``>= n`` are all -1."""
     device = generator.device
     S, V = max_states, num_symbols
     n_states = uniform_int(min_states, max_states, (batch,), generator)
@@ -55,7 +55,8 @@ def sample_automata(batch: int, num_symbols: int, min_states: int, max_states: i
     valid_target = (state[None, None, :] < n_states[:, None, None]) & (state[None, :, None] != state[None, None, :])
     target_scores = torch.where(valid_target, torch.rand(batch, S, S, generator=generator, device=device), -1.0)
     target_order = target_scores.argsort(-1, descending=True)  # (B, S, S): best targets first
-    has_edge = symbol_rank < n_edges[:, :, None]
+    in_use = state[None, :, None] < n_states[:, None, None]  # (B, S, 1)
+    has_edge = (symbol_rank < n_edges[:, :, None]) & in_use
     next_state = target_order.gather(2, symbol_rank.clamp(max=S - 1))
     return torch.where(has_edge, next_state, -1), n_states
 

@@ -39,29 +39,35 @@ def sample_without_replacement(batch: int, low: int, high: int, k: int, generato
     return scores.topk(k, dim=1).indices + low
 
 
+def assemble_mqar(keys: torch.Tensor, values: torch.Tensor, gaps: torch.Tensor, filler: torch.Tensor) -> Batch:
+    """Lay out MQAR examples: ``keys``, ``values``, ``gaps (batch, K)`` and ``filler (batch, seq_len)`` (the
+    tokens of every position that holds no pair and no query) -> inputs, targets, mask ``(batch, seq_len)``."""
+    context = 2 * keys.shape[1]
+    inputs = filler.clone()
+    inputs[:, 0:context:2] = keys
+    inputs[:, 1:context:2] = values
+    query_pos = context + 2 * gaps  # query i asks for key i
+    inputs.scatter_(1, query_pos, keys)
+    targets = torch.zeros_like(inputs).scatter_(1, query_pos, values)
+    mask = torch.zeros(inputs.shape, dtype=torch.bool, device=inputs.device).scatter_(1, query_pos, True)
+    return Batch(inputs=inputs, targets=targets, mask=mask)
+
+
 def mqar_batch(batch: int, seq_len: int, num_kv_pairs: int, vocab_size: int, power_a: float,
                random_non_queries: bool, generator: torch.Generator) -> Batch:
     """``batch`` MQAR examples: inputs, targets and mask ``(batch, seq_len)`` on ``generator.device``."""
     device = generator.device
-    context = 2 * num_kv_pairs
     half = vocab_size // 2
     keys = sample_without_replacement(batch, 1, half, num_kv_pairs, generator)  # (B, K)
     values = sample_without_replacement(batch, half, vocab_size, num_kv_pairs, generator)  # (B, K)
-    space = (seq_len - context) // 2
+    space = (seq_len - 2 * num_kv_pairs) // 2
     weights = power_law_weights(space, power_a).to(device=device, dtype=torch.float32)
     gaps = torch.multinomial(weights.expand(batch, space), num_kv_pairs, replacement=False, generator=generator)
-    query_pos = context + 2 * gaps  # (B, K): query i asks for key i
-
     if random_non_queries:
-        inputs = torch.randint(0, vocab_size, (batch, seq_len), generator=generator, device=device)
+        filler = torch.randint(0, vocab_size, (batch, seq_len), generator=generator, device=device)
     else:
-        inputs = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
-    inputs[:, 0:context:2] = keys
-    inputs[:, 1:context:2] = values
-    inputs.scatter_(1, query_pos, keys)
-    targets = torch.zeros_like(inputs).scatter_(1, query_pos, values)
-    mask = torch.zeros(batch, seq_len, dtype=torch.bool, device=device).scatter_(1, query_pos, True)
-    return Batch(inputs=inputs, targets=targets, mask=mask)
+        filler = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
+    return assemble_mqar(keys, values, gaps, filler)
 
 
 def setting_name(seq_len: int, num_kv_pairs: int) -> str:

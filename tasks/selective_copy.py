@@ -20,14 +20,13 @@ from tasks import register_task
 from tasks.base import Batch, Task, require
 
 
-def selective_copy_batch(data: torch.Tensor, seq_len: int, noise: int, copy: int,
-                         generator: torch.Generator) -> Batch:
-    """Selective-copy examples of ``seq_len`` tokens for ``data (batch, k)`` symbols; positions among the
-    context drawn from ``generator`` (uniform over k-subsets). Returns inputs/targets/mask ``(batch, seq_len)``."""
+def assemble_selective_copy(data: torch.Tensor, positions: torch.Tensor, seq_len: int, noise: int,
+                            copy: int) -> Batch:
+    """Selective-copy examples of ``seq_len`` tokens: ``data (batch, k)`` placed at the increasing context
+    ``positions (batch, k)``, noise elsewhere, the copy token, then ``k`` noise tokens whose targets are
+    the data. Returns inputs/targets/mask ``(batch, seq_len)``."""
     batch, k = data.shape
     context = seq_len - k - 1
-    scores = torch.rand(batch, context, generator=generator, device=data.device)
-    positions = scores.topk(k, dim=1).indices.sort(dim=1).values  # (B, k), increasing
     inputs = torch.full((batch, seq_len), noise, dtype=torch.long, device=data.device)
     inputs.scatter_(1, positions, data)
     inputs[:, context] = copy
@@ -36,6 +35,15 @@ def selective_copy_batch(data: torch.Tensor, seq_len: int, noise: int, copy: int
     mask = torch.zeros(batch, seq_len, dtype=torch.bool, device=data.device)
     mask[:, context + 1:] = True
     return Batch(inputs=inputs, targets=targets, mask=mask)
+
+
+def selective_copy_batch(data: torch.Tensor, seq_len: int, noise: int, copy: int,
+                         generator: torch.Generator) -> Batch:
+    """Selective-copy examples for ``data (batch, k)``, positions among the context uniform over k-subsets."""
+    batch, k = data.shape
+    scores = torch.rand(batch, seq_len - k - 1, generator=generator, device=data.device)
+    positions = scores.topk(k, dim=1).indices.sort(dim=1).values  # (B, k), increasing
+    return assemble_selective_copy(data, positions, seq_len, noise, copy)
 
 
 @register_task("selective_copy")
