@@ -187,7 +187,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
                          "train_time_s": train_time, "wall_s": time.perf_counter() - started,
                          "train_loss": train_loss, **summarise(task, per_set), "eval": per_set}
                 result.curve.append(point)
-                bar.update(job, status=f"loss {train_loss:.3f} acc(in) {point.get('accuracy_in', float('nan')):.3f}")
+                metric = next((k for k in ("accuracy_in", "error_in", "tvd_in") if k in point), None)
+                bar.update(job, status=f"loss {train_loss:.3f}" + (f" {metric} {point[metric]:.3f}" if metric else ""))
             else:
                 train_time += time.perf_counter() - t0
             bar.advance(job)

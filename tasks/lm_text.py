@@ -102,11 +102,10 @@ def tokenize_files(files: list[Path], tokenizer: str | None, cache_dir: str) -> 
             return {"ids": [ids + eos for ids in tok(rows["text"], add_special_tokens=False)["input_ids"]]}
 
     ds = ds.map(encode, batched=True, remove_columns=["text"], desc="tokenising")
-    ids = ds.with_format("arrow")["ids"]
     import pyarrow.compute as pc
 
-    flat = pc.list_flatten(ids.combine_chunks() if hasattr(ids, "combine_chunks") else ids)
-    return torch.from_numpy(flat.to_numpy(zero_copy_only=False).astype("int64"))
+    flat = pc.list_flatten(ds.data.column("ids"))  # the documents one after another
+    return torch.from_numpy(flat.to_numpy().astype("int64"))
 
 
 def load_corpus(train_files: list[str] | None, validation_files: list[str] | None, validation_percent: float,
