@@ -3,8 +3,9 @@
     python -m harness.freeze_eval task=mqar
     python -m harness.freeze_eval +experiment=icl_benchmark_cpu      # every task the experiment sweeps
 
-Takes the same overrides as ``harness.run``; when the experiment sweeps ``task``, every task option
-of the sweep is frozen. Writes ``<results_dir>/eval_sets/<task>/<id>/`` (see ``harness.eval_sets``);
+Takes the same overrides as ``harness.run`` and keeps those that decide the evaluation sets (the
+experiment, ``task``, ``task.*`` and ``results_dir``; sweeps over other keys, e.g. ``seed=0,1``, are
+ignored); when the experiment or the command line sweeps ``task``, every task of the sweep is frozen. Writes ``<results_dir>/eval_sets/<task>/<id>/`` (see ``harness.eval_sets``);
 an existing frozen copy is left as it is. Runs with the same task options then load these sets.
 """
 from __future__ import annotations
@@ -40,8 +41,17 @@ def freeze_for(overrides: list[str]) -> str:
     return str(path)
 
 
+RELEVANT = ("experiment", "task", "results_dir")
+
+
+def relevant(override: str) -> bool:
+    """Whether an override can change the evaluation sets or where they are written."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key.split(".", 1)[0] in RELEVANT or key.startswith("task/")
+
+
 def main(argv: list[str]) -> int:
-    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    overrides = [a for a in argv if a not in ("-m", "--multirun") and relevant(a)]
     tasks = swept_tasks(overrides)
     runs = [[o for o in overrides if o.split("=", 1)[0] != "task"] + [f"task={t.strip()}"] for t in tasks] or [overrides]
     try:
