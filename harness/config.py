@@ -16,6 +16,7 @@ import mixers
 import tasks
 from harness import fields as F
 from harness.faults import is_out_of_memory
+from harness.matching import MatchError, match_parameters
 from harness.model import SequenceModel
 from harness.train import TrainConfig
 from tasks import UnknownTaskError, build_task
@@ -30,6 +31,8 @@ TOP_LEVEL = {"benchmark": str, "seed": int, "device": str, "results_dir": str, "
              "concurrent_runs": int, "deterministic": bool, "gpu": dict}
 MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_embeddings": bool,
          "max_len": int | None}
+# optional backbone fields: parameter matching (conf/model/matched.yaml) and an explicit MLP width
+MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
 MAX_SEED = 2**63 - 1
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -147,9 +150,10 @@ def make_train_config(train_cfg: dict) -> TrainConfig:
 
 
 def check_model_fields(model_cfg: dict) -> None:
-    _check_keys("model", model_cfg, MODEL)
-    for key, kind in MODEL.items():
-        _check_type(f"model.{key}", model_cfg[key], kind)
+    _check_keys("model", {k: v for k, v in model_cfg.items() if k not in MODEL_OPTIONAL}, MODEL)
+    for key, kind in {**MODEL, **MODEL_OPTIONAL}.items():
+        if key in model_cfg:
+            _check_type(f"model.{key}", model_cfg[key], kind)
     d_model, n_layers, ratio = model_cfg["d_model"], model_cfg["n_layers"], model_cfg["mlp_ratio"]
     _check(d_model >= 1, "model.d_model", f"must be an integer >= 1, got {d_model!r}")
     _check(n_layers >= 1, "model.n_layers", f"must be an integer >= 1, got {n_layers!r}")
@@ -219,10 +223,31 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
     max_len = model_cfg["max_len"] or needed
     _check(max_len >= needed, "model.max_len",
            f"is {max_len} but task {task.name} feeds inputs of up to {needed} tokens; raise it or set it to null (fit the task)")
+    n_layers, d_model = model_cfg["n_layers"], model_cfg["d_model"]
+    mlp_hidden = model_cfg.get("mlp_hidden")
+    _check(mlp_hidden is None or mlp_hidden >= 1, "model.mlp_hidden",
+           f"must be null (mlp_ratio * d_model) or an integer >= 1, got {mlp_hidden!r}")
+
+    def build(width: int, hidden: int | None) -> SequenceModel:
+        return SequenceModel(vocab_size=task.vocab_size, d_model=width, n_layers=n_layers, max_len=max_len,
+                             mixer=name, mixer_options=options, mlp_ratio=model_cfg["mlp_ratio"],
+                             norm=model_cfg["norm"], tie_embeddings=model_cfg["tie_embeddings"],
+                             input_dim=task.input_dim if task.input_kind == "continuous" else 0,
+                             output_dim=task.output_dim if task.output_kind == "continuous" else 0,
+                             mlp_hidden=hidden)
+
+    matching = None
+    target = model_cfg.get("match_params")
+    if target is not None:
+        _check(target >= 1, "model.match_params", f"must be null or a parameter count >= 1, got {target!r}")
+        try:
+            matching = match_parameters(build, target, d_model, n_layers, by=model_cfg.get("match_by", "d_model+mlp"),
+                                        tolerance=model_cfg.get("match_tolerance", 0.02))
+        except MatchError as err:
+            raise ConfigError(f"model.match_params: {name}: {err}") from None
+        d_model, mlp_hidden = matching["d_model"], matching["mlp_hidden"] or mlp_hidden
     try:
-        model = SequenceModel(vocab_size=task.vocab_size, d_model=model_cfg["d_model"], n_layers=model_cfg["n_layers"],
-                              max_len=max_len, mixer=name, mixer_options=options, mlp_ratio=model_cfg["mlp_ratio"],
-                              norm=model_cfg["norm"], tie_embeddings=model_cfg["tie_embeddings"])
+        model = build(d_model, mlp_hidden)
         model.flop_terms(needed)
     except ImportError as err:
         raise ConfigError(f"mixer ({name}): a package these options need is not installed here ({err}); "
@@ -231,8 +256,9 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
         if is_out_of_memory(err):
             raise
         named = any(k in str(err) for k in options)
-        raise ConfigError(f"mixer ({name}): {err}" + ("" if named else f" (with d_model={model_cfg['d_model']}, "
+        raise ConfigError(f"mixer ({name}): {err}" + ("" if named else f" (with d_model={d_model}, "
                                                       f"{_shown(options)})")) from None
+    model.matching = matching  # what parameter matching chose (None without it); runs record it
     for p in model.parameters():
         for key, value in getattr(p, "_optim", {}).items():
             _check(not isinstance(value, (int, float)) or value >= 0, f"mixer ({name})",
@@ -242,15 +268,20 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
 
 @torch.no_grad()
 def check_forward(model: SequenceModel, task: Task, device: torch.device, mixer_cfg: dict) -> None:
-    """One forward pass of a few tokens on ``device`` (eval mode: no dropout, no RNG use, no state
+    """One forward pass of a few positions on ``device`` (eval mode: no dropout, no RNG use, no state
     change): catches mixer options that build but cannot run. ``ConfigError`` unless out of memory."""
     was_training = model.training
     model.eval()
-    tokens = torch.zeros(2, min(4, model.max_len), dtype=torch.long, device=device)  # (batch, n)
+    n = min(4, model.max_len)
+    if task.input_kind == "continuous":
+        inputs = torch.zeros(2, n, task.input_dim, device=device)  # (batch, n, input_dim)
+    else:
+        inputs = torch.zeros(2, n, dtype=torch.long, device=device)  # (batch, n)
+    width = task.output_dim if task.output_kind == "continuous" else task.vocab_size
     try:
-        logits = model(tokens)
-        _check(tuple(logits.shape) == (2, tokens.shape[1], task.vocab_size), "mixer",
-               f"the model returned logits of shape {tuple(logits.shape)}, not (2, {tokens.shape[1]}, {task.vocab_size})")
+        logits = model(inputs)
+        _check(tuple(logits.shape) == (2, n, width), "mixer",
+               f"the model returned outputs of shape {tuple(logits.shape)}, not (2, {n}, {width})")
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure of a forward pass here is the options' fault

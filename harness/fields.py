@@ -67,6 +67,8 @@ def matches(value: object, annotation: object) -> bool:
         if origin is tuple and args and args[-1] is not Ellipsis:
             return len(value) == len(args) and all(matches(v, a) for v, a in zip(value, args))
         return not args or all(matches(v, args[0]) for v in value)
+    if annotation in (tuple, list):  # a bare sequence annotation: Hydra gives lists for tuples
+        return isinstance(value, (list, tuple))
     if isinstance(annotation, type):
         return isinstance(value, annotation)
     return True  # an annotation we do not understand: leave it to the component

@@ -1,7 +1,10 @@
 """The backbone every mixer drops into, identical for all of them.
 
 token embedding -> N x [norm -> mixer -> residual; norm -> MLP -> residual] -> final norm -> LM head.
-No positional embedding: each mixer brings its own notion of position (RoPE, Toeplitz lags,
+Tasks with continuous inputs or outputs (``input_dim`` / ``output_dim`` > 0, e.g. in-context
+regression) swap the token embedding for a linear read-in ``input_dim -> d_model`` and the LM head
+for a linear read-out ``d_model -> output_dim`` (as Garg et al. 2022 do around GPT-2); everything
+between is unchanged. No positional embedding: each mixer brings its own notion of position (RoPE, Toeplitz lags,
 convolutions, recurrences). Backbone weights (embedding, MLP, head) use GPT-2's normal(0, 0.02)
 initialisation with the MLP output scaled by 1/sqrt(2 N); each mixer keeps its paper's own.
 """
@@ -17,11 +20,12 @@ from mixers.ops import flops as F
 
 
 class MLP(nn.Module):
-    """Channel MLP ``d -> ratio * d -> d`` with GELU: ``(batch, n, d) -> (batch, n, d)``."""
+    """Channel MLP ``d -> hidden -> d`` with GELU: ``(batch, n, d) -> (batch, n, d)``; ``hidden`` is
+    ``int(ratio * d)`` unless given (parameter matching sets it)."""
 
-    def __init__(self, d_model: int, ratio: float):
+    def __init__(self, d_model: int, ratio: float, hidden: int | None = None):
         super().__init__()
-        self.hidden = int(ratio * d_model)
+        self.hidden = int(hidden) if hidden else int(ratio * d_model)
         self.fc = nn.Linear(d_model, self.hidden)
         self.proj = nn.Linear(self.hidden, d_model)
 
@@ -40,10 +44,10 @@ def make_norm(kind: str, d_model: int) -> nn.Module:
 class Block(nn.Module):
     """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``."""
 
-    def __init__(self, d_model: int, mixer: nn.Module, mlp_ratio: float, norm: str):
+    def __init__(self, d_model: int, mixer: nn.Module, mlp_ratio: float, norm: str, mlp_hidden: int | None = None):
         super().__init__()
         self.norm1, self.mixer = make_norm(norm, d_model), mixer
-        self.norm2, self.mlp = make_norm(norm, d_model), MLP(d_model, mlp_ratio)
+        self.norm2, self.mlp = make_norm(norm, d_model), MLP(d_model, mlp_ratio, mlp_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.mixer(self.norm1(x))
@@ -51,21 +55,31 @@ class Block(nn.Module):
 
 
 class SequenceModel(nn.Module):
-    """Language model around a registered mixer: ``tokens (batch, n) -> logits (batch, n, vocab)``."""
+    """A registered mixer in the shared backbone.
+
+    Tokens: ``tokens (batch, n) -> logits (batch, n, vocab)``. Continuous input (``input_dim > 0``):
+    ``(batch, n, input_dim)`` in; continuous output (``output_dim > 0``): ``(batch, n, output_dim)`` out.
+    """
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, max_len: int, mixer: str,
                  mixer_options: dict | None = None, mlp_ratio: float = 4.0, norm: str = "layernorm",
-                 tie_embeddings: bool = False):
+                 tie_embeddings: bool = False, input_dim: int = 0, output_dim: int = 0, mlp_hidden: int | None = None):
         super().__init__()
         self.vocab_size, self.d_model, self.n_layers, self.max_len = vocab_size, d_model, n_layers, max_len
         self.mixer_name, self.tie_embeddings = mixer, tie_embeddings
+        self.input_dim, self.output_dim = input_dim, output_dim
+        if tie_embeddings and (input_dim or output_dim):
+            raise ValueError("tie_embeddings needs token inputs and outputs (this task is continuous)")
         options = dict(mixer_options or {})
-        self.embed = nn.Embedding(vocab_size, d_model)
+        # read-in: a lookup for tokens, a linear map for vectors (Garg et al.'s read_in)
+        self.embed = nn.Linear(input_dim, d_model) if input_dim else nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
-            Block(d_model, mixers.build(mixer, d_model, max_len, **options), mlp_ratio, norm) for _ in range(n_layers)
+            Block(d_model, mixers.build(mixer, d_model, max_len, **options), mlp_ratio, norm, mlp_hidden)
+            for _ in range(n_layers)
         )
         self.norm = make_norm(norm, d_model)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        # read-out: the LM head for tokens, a linear map with bias for values (Garg et al.'s read_out)
+        self.head = nn.Linear(d_model, output_dim) if output_dim else nn.Linear(d_model, vocab_size, bias=False)
         self._init_backbone()
         if tie_embeddings:
             self.head.weight = self.embed.weight
@@ -73,6 +87,9 @@ class SequenceModel(nn.Module):
     def _init_backbone(self) -> None:
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
+        for layer in (self.embed, self.head):
+            if getattr(layer, "bias", None) is not None:
+                nn.init.zeros_(layer.bias)
         for block in self.blocks:
             nn.init.normal_(block.mlp.fc.weight, std=0.02)
             nn.init.normal_(block.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.n_layers))
@@ -80,7 +97,8 @@ class SequenceModel(nn.Module):
             nn.init.zeros_(block.mlp.proj.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens (batch, n)`` -> ``logits (batch, n, vocab)``."""
+        """``tokens (batch, n)`` (or ``(batch, n, input_dim)``) -> ``logits (batch, n, vocab)`` (or
+        ``(batch, n, output_dim)``)."""
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"input of {tokens.shape[1]} tokens exceeds model.max_len={self.max_len}")
         x = self.embed(tokens)
@@ -122,25 +140,27 @@ class SequenceModel(nn.Module):
         """Total (tied weights once), mixer-only, and non-embedding (without embedding and head)."""
         total = sum(p.numel() for p in self.parameters())
         mixer = sum(p.numel() for m in self.mixer_modules for p in m.parameters())
-        io = self.embed.weight.numel() + (0 if self.tie_embeddings else self.head.weight.numel())
+        io = sum(p.numel() for p in self.embed.parameters())
+        io += 0 if self.tie_embeddings else sum(p.numel() for p in self.head.parameters())
         return {"total": total, "mixer": mixer, "non_embedding": total - io}
 
     def flop_terms(self, length: int) -> dict[str, float]:
         """Analytic forward FLOPs for one sequence of ``length`` tokens, by component.
 
-        The embedding is a lookup (0 FLOPs); each block adds two norms, its mixer, the MLP and
-        two residual adds; then the final norm and the head.
+        The token embedding is a lookup (0 FLOPs; a continuous read-in is a linear layer); each block
+        adds two norms, its mixer, the MLP and two residual adds; then the final norm and the head
+        (LM head or linear read-out).
         """
         n, d, L = length, self.d_model, self.n_layers
         hidden = self.blocks[0].mlp.hidden
         mixer_flops = sum(m.flops(n) for m in self.mixer_modules)
         return {
-            "embedding": 0.0,
+            "embedding": F.linear(n, self.input_dim, d) + n * d if self.input_dim else 0.0,
             "mixer": mixer_flops,
             # two linear layers, GELU (counted 4 per element) and biases
             "mlp": L * (F.linear(n, d, hidden) + F.linear(n, hidden, d) + 5.0 * n * hidden + n * d),
             "norm_residual": (2 * L + 1) * F.layer_norm(n, d) + 2 * L * n * d,
-            "head": F.linear(n, d, self.vocab_size),
+            "head": F.linear(n, d, self.output_dim) + n * self.output_dim if self.output_dim else F.linear(n, d, self.vocab_size),
         }
 
     def flops(self, length: int) -> float:

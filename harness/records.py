@@ -19,6 +19,7 @@ FINISHED = ("ok", "diverged")
 # Fields a record must have, by status; a record without them is reported as unreadable and rerun.
 REQUIRED = {"ok": ("final", "curve", "timing", "memory", "throughput"), "diverged": ("diverged_step",),
             "oom": ("error",), "failed": ("error",)}
+NON_IDENTITY_TASK_KEYS = ("cache_dir",)  # where a text task caches its tokenised corpus
 
 
 def identity(config: dict) -> dict:
@@ -27,6 +28,8 @@ def identity(config: dict) -> dict:
              if k not in NON_IDENTITY_KEYS and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
     if isinstance(ident.get("train"), dict):
         ident["train"] = {k: v for k, v in ident["train"].items() if k not in NON_IDENTITY_TRAIN_KEYS}
+    if isinstance(ident.get("task"), dict):
+        ident["task"] = {k: v for k, v in ident["task"].items() if k not in NON_IDENTITY_TASK_KEYS}
     return ident
 
 

@@ -1,6 +1,11 @@
 """Records -> tables (Markdown, CSV, LaTeX) and plots (PNG, PDF) under ``results/<benchmark>/<profile>/``
 (``copy_benchmark`` -> ``results/copy/``; other names as they are).
 
+Copy-style tasks (evaluation sets ``L<length>``: ``copy``, ``selective_copy``) get the tables and
+plots below; other tasks get their benchmark's own report, chosen by the records' task name
+(``TASK_REPORTS``: MQAR in ``report_recall``, in-context learning in ``report_icl``, text in
+``report_lm``).
+
     python -m harness.report --benchmark copy_benchmark
     python -m harness.report --all
 
@@ -11,6 +16,7 @@ record files, and temporary files of interrupted writes, are listed with their p
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -39,7 +45,11 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-IGNORED_KEYS = ("seed", "results_dir", "force", "concurrent_runs", "train.progress", "train.threads")
+IGNORED_KEYS = ("seed", "results_dir", "force", "concurrent_runs", "train.progress", "train.threads", "task.cache_dir")
+
+# task name -> module with ``report(records, benchmark, profile, out_dir) -> list[Path]``
+TASK_REPORTS = {"mqar": "harness.report_recall", "icl_regression": "harness.report_icl",
+                "icl_language": "harness.report_icl", "lm_text": "harness.report_lm", "copy_text": "harness.report_lm"}
 
 
 def varying_keys(records: list[dict]) -> list[str]:
@@ -321,8 +331,18 @@ def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> 
     for r in records:
         if r["config"].get("benchmark") == benchmark:
             by_profile[r["config"]["train"]["profile"]].append(r)
-    for profile, runs in sorted(by_profile.items()):
+    for profile, all_runs in sorted(by_profile.items()):
         out_dir = results_dir / benchmark.removesuffix("_benchmark") / profile
+        by_module: dict[str, list[dict]] = defaultdict(list)
+        for r in all_runs:
+            module = TASK_REPORTS.get(r["config"]["task"]["name"])
+            if module:
+                by_module[module].append(r)
+        for module, module_runs in sorted(by_module.items()):
+            written += importlib.import_module(module).report(module_runs, benchmark, profile, out_dir)
+        runs = [r for r in all_runs if r["config"]["task"]["name"] not in TASK_REPORTS]
+        if not runs:
+            continue
         header = f"# {benchmark} ({profile} profile)\n\n{describe(runs)}"
         written += write_table(summary_table(runs), out_dir, "table", header)
         written += write_table(thresholds_table(runs), out_dir, "thresholds",

@@ -31,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from harness import eval_sets as frozen
 from harness.config import CONF_DIR, ConfigError, check_forward, make_model, to_dict, validate
 from harness.device import CUBLAS_DETERMINISTIC, run_device, set_determinism
 from harness.environment import environment
@@ -60,6 +61,18 @@ def finished_record(path: Path, force: bool) -> dict | None:
     return None
 
 
+def evaluation_sets(cfg: dict, task) -> tuple[dict, dict]:
+    """The task's evaluation sets (the frozen copy on disk when there is one) and what the record says
+    of them: source, id and SHA-256 digests."""
+    loaded = frozen.load(cfg["task"], cfg["results_dir"])
+    if loaded is not None:
+        sets, info = loaded
+        return sets, {k: info[k] for k in ("source", "path", "id", "sha256")}
+    sets = task.eval_sets()
+    return sets, {"source": "generated", "id": frozen.set_id(cfg["task"]),
+                  "sha256": {name: frozen.digest(batch) for name, batch in sets.items()}}
+
+
 def execute(cfg: dict) -> dict:
     """Run one resolved configuration and return its record (also written to disk).
 
@@ -73,6 +86,7 @@ def execute(cfg: dict) -> dict:
         return existing
     torch.manual_seed(cfg["seed"])  # model initialisation; data comes from its own generator below
     model = make_model(cfg["model"], cfg["mixer"], task)  # on CPU; a mixer refusing its options is a ConfigError
+    sets, eval_info = evaluation_sets(cfg, task)
     with run_device(cfg) as (device, gpu_facts):
         set_determinism(cfg["deterministic"])
         if train_cfg.threads:
@@ -81,6 +95,7 @@ def execute(cfg: dict) -> dict:
             "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
             "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
             "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
+            "matching": model.matching, "eval_sets": eval_info,
             "environment": {**environment(device), **gpu_facts}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
@@ -89,7 +104,8 @@ def execute(cfg: dict) -> dict:
             model = model.to(device)
             check_forward(model, task, device, cfg["mixer"])  # options that build but cannot run: ConfigError
             generator = torch.Generator(device=device).manual_seed(cfg["seed"])
-            result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}")
+            result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}",
+                           eval_sets=sets)
             record.update(status="ok", final=result.final, curve=result.curve, timing=result.timing,
                           memory=result.memory, throughput=result.throughput, train_flops=result.train_flops,
                           steps_done=result.steps_done)

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
-from torch.nn import functional as TF
 
 from harness.memory import PeakMemory
-from tasks.base import Batch, Task
+from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
 
 
 class Diverged(RuntimeError):
@@ -79,13 +78,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def masked_cross_entropy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy over the scored positions of ``logits (batch, n, vocab)``."""
-    losses = TF.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
-    mask = batch.mask.flatten().float()
-    return (losses * mask).sum() / mask.sum().clamp(min=1)
-
-
 def autocast_context(device: torch.device, precision: str):
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -106,7 +98,7 @@ def evaluate(model: nn.Module, task: Task, eval_sets: dict[str, Batch], batch_si
             with autocast_context(device, precision):
                 logits = model(batch.inputs)
             count = float(batch.mask.sum())
-            loss_sum += float(masked_cross_entropy(logits, batch)) * count
+            loss_sum += float(task.loss(logits, batch)) * count
             scored += count
             for key, values in task.metrics(logits.float(), batch).items():
                 sums[key] = sums.get(key, 0.0) + float(values.sum())
@@ -134,10 +126,11 @@ def progress_bar(enabled: bool) -> Progress:
 
 
 def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
-          description: str = "train") -> TrainResult:
-    """Train ``model`` on ``task``; raises ``Diverged`` on a non-finite loss."""
+          description: str = "train", eval_sets: dict[str, Batch] | None = None) -> TrainResult:
+    """Train ``model`` on ``task`` and evaluate on ``eval_sets`` (the task's own when None, e.g. the
+    frozen copies ``harness.eval_sets`` loads); raises ``Diverged`` on a non-finite loss."""
     result = TrainResult()
-    eval_sets = {k: v.to(device) for k, v in task.eval_sets().items()}
+    eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   fused=device.type == "cuda")
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -162,7 +155,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
             batch = task.train_batch(cfg.batch_size, generator)
             with autocast_context(device, cfg.precision):
                 logits = model(batch.inputs)
-            loss = masked_cross_entropy(logits, batch)
+            loss = task.loss(logits, batch)
             loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -171,7 +164,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
                 memory.mark_static()
             optimizer.zero_grad(set_to_none=True)
             loss_window.append(loss.detach())
-            batch_size, length = batch.inputs.shape
+            batch_size, length = batch.inputs.shape[:2]
             tokens += batch_size * length
             result.train_flops += model.step_flops(batch_size, length)
             result.steps_done = step + 1
@@ -194,7 +187,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
                          "train_time_s": train_time, "wall_s": time.perf_counter() - started,
                          "train_loss": train_loss, **summarise(task, per_set), "eval": per_set}
                 result.curve.append(point)
-                bar.update(job, status=f"loss {train_loss:.3f} acc(in) {point.get('accuracy_in', float('nan')):.3f}")
+                metric = next((k for k in ("accuracy_in", "error_in", "tvd_in") if k in point), None)
+                bar.update(job, status=f"loss {train_loss:.3f}" + (f" {metric} {point[metric]:.3f}" if metric else ""))
             else:
                 train_time += time.perf_counter() - t0
             bar.advance(job)

@@ -42,6 +42,6 @@ def build_task(name: str, **options) -> Task:
     return cls(**options)
 
 
-from tasks import copy  # noqa: E402,F401
+from tasks import copy, copy_text, icl_language, icl_regression, lm_text, mqar, selective_copy  # noqa: E402,F401
 
 __all__ = ["Batch", "Task", "TaskConfigError", "register_task", "build_task", "available_tasks"]

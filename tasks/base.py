@@ -1,9 +1,10 @@
-"""What every task provides: batches, fixed evaluation sets and a metric."""
+"""What every task provides: batches, fixed evaluation sets, a loss and a metric."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch.nn import functional as TF
 
 
 class TaskConfigError(ValueError):
@@ -12,24 +13,30 @@ class TaskConfigError(ValueError):
 
 @dataclass
 class Batch:
-    """A batch of next-token examples.
+    """A batch of next-token (or next-value) examples.
 
-    ``inputs (batch, n)`` token ids, ``targets (batch, n)`` the token each position must predict,
-    ``mask (batch, n)`` True where the target is scored.
+    Token tasks: ``inputs (batch, n)`` token ids and ``targets (batch, n)`` the token each position
+    must predict. Continuous tasks: ``inputs (batch, n, input_dim)`` and ``targets (batch, n)``
+    real values. ``mask (batch, n)`` is True where the target is scored; unscored targets hold 0.
+    ``extras`` holds per-example tensors a metric needs (first dimension ``batch``), e.g. the
+    symbols an automaton allows next.
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.inputs.to(device), self.targets.to(device), self.mask.to(device))
+        return Batch(self.inputs.to(device), self.targets.to(device), self.mask.to(device),
+                     {k: v.to(device) for k, v in self.extras.items()})
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
     def slice(self, start: int, stop: int) -> "Batch":
-        return Batch(self.inputs[start:stop], self.targets[start:stop], self.mask[start:stop])
+        return Batch(self.inputs[start:stop], self.targets[start:stop], self.mask[start:stop],
+                     {k: v[start:stop] for k, v in self.extras.items()})
 
 
 def require(condition: bool, field: str, message: str) -> None:
@@ -38,14 +45,30 @@ def require(condition: bool, field: str, message: str) -> None:
         raise TaskConfigError(f"task.{field}: {message}")
 
 
+def masked_cross_entropy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy (nats per scored token) over the scored positions of ``logits (batch, n, vocab)``."""
+    losses = TF.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
+    mask = batch.mask.flatten().float()
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
 class Task:
-    """Base class: a generator of training batches, fixed evaluation sets and their metrics."""
+    """Base class: a generator of training batches, fixed evaluation sets, their loss and metrics.
+
+    ``input_kind`` / ``output_kind`` are ``"tokens"`` (ids in ``[0, vocab_size)``, LM head) or
+    ``"continuous"`` (vectors of ``input_dim`` in, ``output_dim`` values out, linear read-in and
+    read-out in the backbone).
+    """
 
     name: str = "?"
-    vocab_size: int
+    vocab_size: int = 0
+    input_kind: str = "tokens"
+    output_kind: str = "tokens"
+    input_dim: int = 0
+    output_dim: int = 0
 
     def max_input_len(self) -> int:
-        """Longest input (tokens) any training or evaluation batch holds."""
+        """Longest input (positions) any training or evaluation batch holds."""
         raise NotImplementedError
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
@@ -55,6 +78,10 @@ class Task:
     def eval_sets(self) -> dict[str, Batch]:
         """Named evaluation sets, identical for every mixer and run (built on CPU from a fixed seed)."""
         raise NotImplementedError
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Scalar training loss from the model's ``outputs``; cross-entropy on the scored tokens by default."""
+        return masked_cross_entropy(outputs, batch)
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 from harness import faults, run, train
 from harness.records import load_records
 from harness.run import execute
+from tasks.copy import CopyTask
 from tests.harness.helpers import TINY, make_config
 
 TINY_TMM = (*TINY, "mixer.heads=2")
@@ -46,17 +47,17 @@ def test_cpu_allocator_failure_counts_as_oom():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_loss_is_diverged_at_its_step(tmp_path, monkeypatch, bad):
     calls = {"n": 0}
-    real = train.masked_cross_entropy
+    real = CopyTask.loss
 
-    def loss_goes_bad_at_step_6(logits, batch):
-        loss = real(logits, batch)
+    def loss_goes_bad_at_step_6(self, logits, batch):
+        loss = real(self, logits, batch)
         if torch.is_grad_enabled():  # training steps only, not evaluation
             calls["n"] += 1
             if calls["n"] >= 6:
                 return loss * bad
         return loss
 
-    monkeypatch.setattr(train, "masked_cross_entropy", loss_goes_bad_at_step_6)
+    monkeypatch.setattr(CopyTask, "loss", loss_goes_bad_at_step_6)
     record = execute(make_config(*TINY_TMM, "train.steps=10", "train.eval_every=4", results_dir=tmp_path))
     assert record["status"] == "diverged"
     assert record["diverged_step"] == 6  # found at the evaluation after step 8, reported where it happened
@@ -86,18 +87,18 @@ def test_other_exceptions_are_failed_with_traceback_and_the_next_run_goes_on(tmp
 def test_interrupt_stops_cleanly_and_keeps_finished_records(tmp_path, monkeypatch, interrupt):
     finished = execute(make_config(*TINY_TMM, "seed=0", results_dir=tmp_path))
     before = {p: p.read_bytes() for p in (tmp_path / "runs").iterdir()}
-    real = train.masked_cross_entropy
+    real = CopyTask.loss
 
-    def interrupted(logits, batch):
+    def interrupted(self, logits, batch):
         if interrupt == "ctrl-c":
             raise KeyboardInterrupt
         os.kill(os.getpid(), signal.SIGTERM)  # handled by run.stop_on_sigterm: raises KeyboardInterrupt here
-        return real(logits, batch)
+        return real(self, logits, batch)
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
         run.stop_on_sigterm()
-        monkeypatch.setattr(train, "masked_cross_entropy", interrupted)
+        monkeypatch.setattr(CopyTask, "loss", interrupted)
         with pytest.raises(KeyboardInterrupt):
             execute(make_config(*TINY_TMM, "seed=1", results_dir=tmp_path))
     finally:

@@ -1,0 +1,137 @@
+"""The language-modelling benchmark's report (``lm_text`` and the ``copy_text`` probe).
+
+- ``table``: one row per (task, mixer): parameter counts (the matching target, d_model and MLP
+  width chosen), final evaluation loss (nats per token; bits per token for ``lm_text``, copy
+  accuracy for ``copy_text``), training FLOPs, peak memory and throughput, mean ± std over seeds;
+- ``loss_vs_flops``: evaluation loss against training FLOPs, a panel per task, a line per run;
+- ``loss_vs_memory``: final evaluation loss against peak training memory, a panel per task, a
+  point per mixer (GPU: peak allocated bytes; CPU: peak resident memory above the run's start).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from harness.environment import hardware_label
+from harness.report import _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
+from harness.report_icl import mean, mean_std
+
+TASKS = ("lm_text", "copy_text")
+
+
+def peak_memory(record: dict) -> float:
+    """Peak training memory in bytes: allocated on GPU, resident above the start on CPU."""
+    memory = record["memory"]
+    return float(memory.get("peak_above_start_bytes", memory["peak_bytes"]))
+
+
+def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
+    """``(task, mixer, other varying settings) -> runs`` (seeds together); the settings that vary are
+    found within each task (the two tasks have different options by design)."""
+    tasks = {r["config"]["task"]["name"] for r in records}
+    extra = sorted(set().union(*(varying_keys([r for r in records if r["config"]["task"]["name"] == t]) for t in tasks)))
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        flat = flatten(r["config"])
+        out[(r["config"]["task"]["name"], r["config"]["mixer"]["name"], *(flat.get(k) for k in extra))].append(r)
+    return extra, dict(sorted(out.items(), key=lambda kv: repr(kv[0])))
+
+
+def label(key: tuple, extra: list[str]) -> str:
+    return key[1] + "".join(f", {k.split('.')[-1]}={v}" for k, v in zip(extra, key[2:]))
+
+
+def table(records: list[dict]) -> pd.DataFrame:
+    extra, by_key = groups(records)
+    rows = []
+    for key, runs in by_key.items():
+        ok = [r for r in runs if r["status"] == "ok"]
+        first = (ok or runs)[0]
+        matching = first.get("matching") or {}
+        evals = [r["final"]["eval"]["validation"] for r in ok]
+        row = {"task": key[0], "mixer": key[1], **dict(zip(extra, key[2:])),
+               "params": first.get("params", {}).get("total"), "mixer params": first.get("params", {}).get("mixer"),
+               "target": matching.get("target", "-"),
+               "d_model": matching.get("d_model", first["config"]["model"]["d_model"]),
+               "mlp hidden": matching.get("mlp_hidden") or "ratio", "runs": _status_note(runs),
+               "eval loss (nats/token)": mean_std([e["loss"] for e in evals])}
+        row["bits/token"] = mean_std([e["bits_per_token"] for e in evals]) if key[0] == "lm_text" else "-"
+        row["copy acc (%)"] = mean_std([e["accuracy"] for e in evals], 1, 100) if key[0] == "copy_text" else "-"
+        row["train FLOPs"] = f"{mean([r['train_flops'] for r in ok]):.2e}" if ok else "-"
+        row["peak memory (MB)"] = f"{mean([peak_memory(r) for r in ok]) / 2**20:.0f}" if ok else "-"
+        row["tokens/s"] = f"{mean([r['throughput']['tokens_per_s'] for r in ok]):,.0f}" if ok else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[Path]:
+    extra, by_key = groups(records)
+    tasks = [t for t in TASKS if any(k[0] == t for k in by_key)]
+    colors = _mixer_colors(list({label(k, extra) for k in by_key}))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for key, runs in by_key.items():
+            if key[0] != task:
+                continue
+            for i, r in enumerate(r for r in runs if r["status"] == "ok"):
+                ax.plot([p["train_flops"] for p in r["curve"]], [p["eval"]["validation"]["loss"] for p in r["curve"]],
+                        color=colors[label(key, extra)], label=None if i else label(key, extra))
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs (analytic, forward + backward)")
+        ax.set_ylabel("eval loss (nats/token)" + (", repeated half" if task == "copy_text" else ""))
+        ax.set_title(task)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out_dir, "loss_vs_flops")
+
+
+def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
+    extra, by_key = groups(records)
+    tasks = [t for t in TASKS if any(k[0] == t for k in by_key)]
+    colors = _mixer_colors(list({label(k, extra) for k in by_key}))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for key, runs in by_key.items():
+            ok = [r for r in runs if r["status"] == "ok"]
+            if key[0] != task or not ok:
+                continue
+            x = mean([peak_memory(r) for r in ok]) / 2**20
+            y = mean([r["final"]["eval"]["validation"]["loss"] for r in ok])
+            ax.scatter([x], [y], color=colors[label(key, extra)], label=label(key, extra), s=40)
+            ax.annotate(key[1], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("peak training memory (MB)")
+        ax.set_ylabel("final eval loss (nats/token)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out_dir, "loss_vs_memory")
+
+
+def describe(records: list[dict]) -> str:
+    r = records[0]
+    train, model = r["config"]["train"], r["config"]["model"]
+    corpus = r["task_summary"]["corpus"]
+    target = model.get("match_params")
+    size = (f"every model matched to {target:,} parameters (within {100 * model.get('match_tolerance', 0.02):.0f}%; "
+            f"{model.get('match_by', 'd_model+mlp')} adjusted)" if target else f"d_model {model['d_model']}")
+    return (f"Hardware: {hardware_label(r['environment'])}; precision {train['precision']}. Corpus: {corpus['source']}, "
+            f"{corpus['train_files']} training / {corpus['validation_files']} validation files, "
+            f"{corpus['train_tokens']:,} / {corpus['validation_tokens']:,} tokens ({corpus['tokenizer']}, sha256 "
+            f"{corpus['sha256']}). Backbone: {model['n_layers']} layers, {size}. Training: {train['steps']} steps x "
+            f"batch {train['batch_size']}, AdamW lr {train['lr']}, same for every mixer. Loss: mean cross-entropy on "
+            f"the fixed validation windows (copy_text: on the repeated half only); mean ± std over seeds.")
+
+
+def report(records: list[dict], benchmark: str, profile: str, out_dir: Path) -> list[Path]:
+    header = f"# {benchmark} ({profile} profile)\n\n{describe(records)}"
+    written = write_table(table(records), out_dir, "table", header)
+    if any(r["status"] == "ok" for r in records):
+        title = f"{benchmark}, {hardware_label(records[0]['environment'])}"
+        written += plot_loss_vs_flops(records, out_dir, title)
+        written += plot_loss_vs_memory(records, out_dir, title)
+    return written
