@@ -10,8 +10,10 @@ ARGS   ?=
 # runs one after another. Evaluated after `setup`, when .venv exists.
 CPU_MIXERS ?= mamba,hyena,tmm,attention
 LAUNCH      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS))
+# The recall, ICL and LM benchmarks have CPU-sized experiment variants (conf/experiment/*_cpu.yaml).
+SIZE        = $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else '_cpu')")
 
-.PHONY: setup test copy-benchmark scaling-benchmark generation-benchmark report clean
+.PHONY: setup test copy-benchmark recall-benchmark icl-benchmark lm-benchmark scaling-benchmark generation-benchmark overhead report clean
 
 setup: $(STAMP)
 
@@ -32,6 +34,13 @@ copy-benchmark: setup
 	$(PY) -m harness.run --multirun +experiment=copy_benchmark $(LAUNCH) $(ARGS)
 	$(PY) -m harness.report --benchmark copy_benchmark
 
+# Multi-query associative recall (Zoology), in-context learning (regression, automata), language
+# modelling on local text at matched parameter counts: freeze the evaluation sets, sweep, report.
+recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup
+	$(PY) -m harness.freeze_eval +experiment=$*_benchmark$(SIZE) $(ARGS)
+	$(PY) -m harness.run --multirun +experiment=$*_benchmark$(SIZE) $(LAUNCH) $(ARGS)
+	$(PY) -m harness.report --benchmark $*_benchmark
+
 # Forward + backward time and memory against sequence length (conf/scaling/{cpu,gpu}.yaml by hardware).
 scaling-benchmark: setup
 	$(PY) -m harness.scaling $(ARGS)
@@ -39,6 +48,10 @@ scaling-benchmark: setup
 # Prefill and per-token decode throughput through each mixer's cache or state (conf/generation/).
 generation-benchmark: setup
 	$(PY) -m harness.generation $(ARGS)
+
+# What the harness adds to a run (start-up, data, logging, evaluation) against pure training.
+overhead: setup
+	$(PY) -m harness.overhead $(ARGS)
 
 report: setup
 	$(PY) -m harness.report --all
