@@ -41,6 +41,10 @@ class Mixer(nn.Module):
         """Which implementation runs the forward pass (e.g. ``torch-fft``, ``mamba_ssm-cuda``)."""
         return "pytorch"
 
+    def backend_at(self, length: int) -> str:
+        """The implementation that runs at ``length`` (mixers that switch paths by length override it)."""
+        return self.backend
+
     def flop_terms(self, length: int) -> dict[str, float]:
         """Analytic forward FLOPs for one sequence of ``length`` tokens, split by kind.
 

@@ -297,6 +297,10 @@ class MambaMixer(Mixer):
         if self._backend.startswith("mamba_ssm"):
             from mamba_ssm.utils.generation import InferenceParams
 
+            width = self.inner.in_proj.out_features
+            if self.version == 2 and width % 8:
+                raise ValueError(f"mamba: mamba_ssm's decode prefill (causal_conv1d, channel-last) needs the "
+                                 f"in-projection width {width} to be a multiple of 8; change d_model, expand or headdim")
             params = InferenceParams(max_seqlen=self.max_len, max_batch_size=x.shape[0])
             y = self.inner(x, inference_params=params)
             conv, ssm = params.key_value_memory_dict[self.inner.layer_idx]

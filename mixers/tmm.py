@@ -9,6 +9,11 @@ per-position bias per head (shared by that head's channels), concatenation, outp
 ``expanded=True`` is Toeplitz -> SiLU -> Toeplitz with independent weights. Toeplitz weights use
 Kaiming-normal initialisation (std sqrt(2 / max_len)) and zero bias, as in the reference code.
 Shorter inputs use the leading part of the kernel and bias.
+
+Implementations (``impl``): ``fft`` (O(n log n), any device), ``dense`` (the masked-matrix reference),
+``fused`` (the Triton block-Toeplitz kernel of ``mixers/ops/toeplitz_triton.py``, CUDA only) and
+``auto``: fused on a CUDA device where Triton imports and channels per head divide by 16, the FFT
+path otherwise. ``backend`` names the path that runs.
 """
 from __future__ import annotations
 
@@ -21,17 +26,32 @@ from torch import nn
 from mixers import register
 from mixers.base import Mixer
 from mixers.ops import flops as F
-from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_fft, kernel_spectrum
+from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_heads_fft
+
+IMPLS = ("auto", "fused", "fft", "dense")
+
+
+def triton_available() -> bool:
+    """Whether the fused kernel can be compiled here (Triton imports and CUDA is present)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 class ToeplitzCausal(nn.Module):
-    """Per-head causal Toeplitz product with per-position bias over ``(batch, heads, channels, n)``."""
+    """Per-head causal Toeplitz product with per-position bias: ``(batch, n, heads * channels)``.
+
+    Head ``h`` owns channels ``[h e, (h + 1) e)``; ``impl`` is ``fused``, ``fft`` or ``dense``.
+    """
 
     def __init__(self, heads: int, max_len: int, impl: str):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(heads, max_len) * math.sqrt(2.0 / max_len))
         self.bias = nn.Parameter(torch.zeros(heads, max_len))
-        self.impl = impl
+        self.heads, self.impl = heads, impl
+        self.blocks: dict = {}  # fused kernel options (``block``: tile size), its defaults when empty
 
     def step(self, history: torch.Tensor) -> torch.Tensor:
         """Output at the last position from the inputs so far ``history (batch, heads, channels, t)``:
@@ -41,14 +61,18 @@ class ToeplitzCausal(nn.Module):
         return (history * kernel.to(history.dtype)).sum(-1) + self.bias[:, None, t - 1].to(history.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (batch, heads, channels, n)`` -> same shape."""
-        n = x.shape[-1]
-        kernel = self.weight[:, None, :n]  # (heads, 1, n), shared by the head's channels and the batch
+        """``x (batch, n, heads * channels)`` -> same shape."""
+        if self.impl == "fused":
+            from mixers.ops.toeplitz_triton import toeplitz_fused
+
+            return toeplitz_fused(x, self.weight, self.bias, self.heads, **self.blocks)
+        n = x.shape[1]
+        bias = self.bias[:, :n].T.repeat_interleave(x.shape[2] // self.heads, dim=1)  # (n, d)
         if self.impl == "fft":
-            y = causal_toeplitz_fft(x, kernel, spectrum=kernel_spectrum(kernel, n))
-        else:
-            y = causal_toeplitz_dense(x, kernel)
-        return y + self.bias[:, None, :n]
+            return causal_toeplitz_heads_fft(x, self.weight, self.heads) + bias.to(x.dtype)
+        u = rearrange(x, "b n (h e) -> b h e n", h=self.heads)
+        y = causal_toeplitz_dense(u, self.weight[:, None, :n])  # one (n x n) matrix per head
+        return rearrange(y, "b h e n -> b n (h e)") + bias.to(x.dtype)
 
 
 @register("tmm")
@@ -62,7 +86,7 @@ class ToeplitzMixer(Mixer):
     state_complexity = "O(n)"
     state_exponent = 1.0
     paper = "Badger & Roland 2026, Toeplitz MLP Mixer (arXiv 2605.06683)"
-    backends = ("torch-fft", "torch-dense")
+    backends = ("triton-fused", "torch-fft", "torch-dense")
 
     def __init__(
         self,
@@ -72,17 +96,27 @@ class ToeplitzMixer(Mixer):
         projections: bool = True,
         expanded: bool = False,
         dropout: float = 0.0,
-        impl: str = "fft",
+        impl: str = "auto",
+        fused_max_len: int = 16384,
     ):
         super().__init__(d_model, max_len)
         if heads < 1 or d_model % heads:
             raise ValueError(f"tmm: d_model={d_model} is not divisible by heads={heads}")
-        if impl not in ("fft", "dense"):
-            raise ValueError(f"tmm: impl must be 'fft' or 'dense', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"tmm: impl must be one of {', '.join(IMPLS)}; got {impl!r}")
+        fusable = (d_model // heads) % 16 == 0
+        if impl == "fused" and not (fusable and triton_available()):
+            raise ValueError(
+                f"tmm: impl=fused needs Triton, a CUDA device and d_model/heads divisible by 16 "
+                f"(d_model={d_model}, heads={heads}, triton+cuda={triton_available()}); use impl=auto or fft"
+            )
         self.heads, self.projections, self.expanded, self.impl = heads, projections, expanded, impl
         if impl == "dense":  # the reference materialises the (n x n) matrix
             self.time_complexity, self.memory_complexity = "O(n^2)", "O(n^2)"
             self.time_exponent = self.memory_exponent = 2.0
+        if impl == "fused":  # block-Toeplitz tiles on tensor cores: quadratic work, linear memory
+            self.time_complexity, self.time_exponent = "O(n^2)", 2.0
+        self._fusable, self.fused_max_len = fusable, fused_max_len
         self.toeplitz = ToeplitzCausal(heads, max_len, impl)
         if expanded:
             self.toeplitz2 = ToeplitzCausal(heads, max_len, impl)
@@ -94,9 +128,25 @@ class ToeplitzMixer(Mixer):
                 nn.init.kaiming_normal_(proj.weight)
                 nn.init.zeros_(proj.bias)
 
+    def _path(self, length: int | None = None) -> str:
+        """The implementation that runs on the parameters' current device at ``length`` (None: any
+        length up to ``fused_max_len``, past which the quadratic tiles lose to the FFT)."""
+        if self.impl != "auto":
+            return self.impl
+        on_cuda = self.toeplitz.weight.is_cuda
+        short = length is None or length <= self.fused_max_len
+        return "fused" if on_cuda and short and self._fusable and triton_available() else "fft"
+
     @property
     def backend(self) -> str:
-        return f"torch-{self.impl}"
+        path = self._path()
+        name = "triton-fused" if path == "fused" else f"torch-{path}"
+        if self.impl == "auto" and path == "fused":
+            name += f"(n<={self.fused_max_len}, else torch-fft)"
+        return name
+
+    def backend_at(self, length: int) -> str:
+        return "triton-fused" if self._path(length) == "fused" else f"torch-{self._path(length)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
@@ -109,13 +159,16 @@ class ToeplitzMixer(Mixer):
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         if self.projections:
             x = self.in_proj(x)
-        u = rearrange(x, "b n (h e) -> b h e n", h=self.heads)
-        state = {"history": u}
-        y = self.toeplitz(u)
+        path = self._path(x.shape[1])
+        for layer in (self.toeplitz, self.toeplitz2) if self.expanded else (self.toeplitz,):
+            layer.impl = path
+        as_history = lambda t: rearrange(t, "b n (h e) -> b h e n", h=self.heads)  # noqa: E731 (a view)
+        state = {"history": as_history(x)}
+        y = self.toeplitz(x)
         if self.expanded:
-            state["history2"] = self.dropout(nn.functional.silu(y))
-            y = self.toeplitz2(state["history2"])
-        y = rearrange(y, "b h e n -> b n (h e)")
+            hidden = self.dropout(nn.functional.silu(y))
+            state["history2"] = as_history(hidden)
+            y = self.toeplitz2(hidden)
         return (self.out_proj(y) if self.projections else y), state
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
@@ -138,7 +191,12 @@ class ToeplitzMixer(Mixer):
 
     def _toeplitz_terms(self, n: int) -> dict[str, float]:
         d = self.d_model
-        if self.impl == "fft":
+        path = self._path(n)
+        if path == "fused":
+            # Tiles of 64 on and below the diagonal, zeros inside the diagonal tiles included.
+            blocks = -(-n // 64)
+            return {"matmul": 2.0 * d * 64 * 64 * blocks * (blocks + 1) / 2, "elementwise": float(n * d)}
+        if path == "fft":
             spectral = F.fft_causal_conv(n, d)
             return {"fft": spectral, "elementwise": float(n * d)}  # + per-position bias
         # dense: the full (n x n) masked matrix times each channel, zeros included, as computed.
@@ -159,7 +217,7 @@ class ToeplitzMixer(Mixer):
 
     def parameter_flop_terms(self, length: int) -> dict[str, float]:
         """Once per forward pass, independent of batch: the kernels' spectra (FFT path only)."""
-        if self.impl != "fft":
+        if self._path(length) != "fft":
             return {}
         layers = 2 if self.expanded else 1
         return {"fft": layers * F.real_fft(F.fft_size(length), self.heads)}

@@ -74,3 +74,53 @@ def causal_toeplitz_fft(
     x_f = torch.fft.rfft(_transform_dtype(x), n=n_fft)
     y = torch.fft.irfft(x_f * spectrum, n=n_fft)[..., :n]
     return y.to(x.dtype)
+
+
+class _HeadsToeplitzFFT(torch.autograd.Function):
+    """Per-head causal Toeplitz product by FFT that saves only ``x`` and ``w`` for backward and
+    recomputes the spectra there, one head at a time (transient memory: one head's spectra)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, heads):
+        batch, n, d = x.shape
+        e, n_fft = d // heads, fft_size(n)
+        spectra = torch.fft.rfft(_transform_dtype(weight[:, :n]), n=n_fft)  # (heads, bins)
+        y = torch.empty_like(x)
+        for h in range(heads):
+            part = slice(h * e, (h + 1) * e)
+            x_f = torch.fft.rfft(_transform_dtype(x[..., part]), n=n_fft, dim=1)  # (batch, bins, e)
+            y[..., part] = torch.fft.irfft(x_f * spectra[h, :, None], n=n_fft, dim=1)[:, :n]
+        ctx.save_for_backward(x, weight)
+        ctx.heads = heads
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        heads = ctx.heads
+        batch, n, d = x.shape
+        e, n_fft = d // heads, fft_size(n)
+        spectra = torch.fft.rfft(_transform_dtype(weight[:, :n]), n=n_fft)
+        dx = torch.empty_like(x)
+        cross = spectra.new_empty(spectra.shape)  # sum over batch and channels of DY conj(X)
+        for h in range(heads):
+            part = slice(h * e, (h + 1) * e)
+            dy_f = torch.fft.rfft(_transform_dtype(dy[..., part]), n=n_fft, dim=1)
+            # dx[j] = sum_{i >= j} w[i - j] dy[i]: a correlation; zero padding to n_fft >= 2n - 1
+            # keeps the circular products free of wrap-around for the n outputs kept.
+            dx[..., part] = torch.fft.irfft(dy_f * spectra[h, :, None].conj(), n=n_fft, dim=1)[:, :n]
+            x_f = torch.fft.rfft(_transform_dtype(x[..., part]), n=n_fft, dim=1)
+            cross[h] = (dy_f * x_f.conj()).sum(dim=(0, 2))
+        dweight = torch.zeros_like(weight, dtype=cross.real.dtype)
+        dweight[:, :n] = torch.fft.irfft(cross, n=n_fft)[:, :n]  # dw[k] = sum dy[i] x[i - k]
+        return dx, dweight.to(weight.dtype), None
+
+
+def causal_toeplitz_heads_fft(x: torch.Tensor, weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """``x (batch, n, heads * e)``, ``weight (heads, >= n)`` -> ``(batch, n, heads * e)``: head h's
+    channels times ``T_h[i, j] = w[h, i - j]`` (j <= i), by FFT in O(n log n), in ``x.dtype``.
+
+    Saves only ``x`` and ``w`` for backward (spectra are recomputed there), so training memory is
+    that of the input, not of float32 spectra of twice its length.
+    """
+    return _HeadsToeplitzFFT.apply(x, weight, heads)

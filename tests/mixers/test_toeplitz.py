@@ -82,3 +82,34 @@ def test_tmm_flat_layer_matches_the_definition():
     w, b = m.toeplitz.weight[0], m.toeplitz.bias[0]
     expected = torch.stack([sum(w[i - j] * x[0, j] for j in range(i + 1)) + b[i] for i in range(6)])
     assert torch.allclose(m(x)[0], expected, atol=1e-5)
+
+
+def test_tmm_auto_takes_the_fft_path_on_cpu_and_fused_refuses_it():
+    m = mixers.build("tmm", 64, 128)  # conf default impl=auto
+    assert m.backend == "torch-fft" and m.backend_at(64) == "torch-fft"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="impl=fused needs Triton, a CUDA device"):
+            mixers.build("tmm", 64, 128, impl="fused")
+    with pytest.raises(ValueError, match="impl must be one of auto, fused, fft, dense"):
+        mixers.build("tmm", 64, 128, impl="triton")
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 8, 2, 4), (3, 17, 12, 3, 20), (1, 64, 16, 1, 64), (2, 100, 32, 4, 128)], ids=str)
+def test_heads_fft_with_recomputed_spectra_equals_dense_with_gradients(shape):
+    from einops import rearrange
+
+    from mixers.ops.toeplitz import causal_toeplitz_heads_fft
+
+    batch, n, d, heads, max_len = shape
+    gen = torch.Generator().manual_seed(n * 7 + d)
+    x = torch.randn(batch, n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(heads, max_len, generator=gen, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(batch, n, d, generator=gen, dtype=torch.float64)
+    y = causal_toeplitz_heads_fft(x, w, heads)
+    gx, gw = torch.autograd.grad(y, (x, w), dy)
+    u = rearrange(x, "b n (h e) -> b h e n", h=heads)
+    ref = rearrange(causal_toeplitz_dense(u, w[:, None, :n]), "b h e n -> b n (h e)")
+    rx, rw = torch.autograd.grad(ref, (x, w), dy)
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-10)
