@@ -69,8 +69,8 @@ class CopyTask(Task):
     def max_input_len(self) -> int:
         return 2 * max(self.max_train_len, *self.eval_lengths) + 1
 
-    def _sample(self, lengths: torch.Tensor, generator: torch.Generator) -> Batch:
-        width = int(lengths.max())
+    def _sample(self, lengths: torch.Tensor, generator: torch.Generator, width: int | None = None) -> Batch:
+        width = int(lengths.max()) if width is None else width
         symbols = torch.randint(0, self.alphabet_size, (len(lengths), width), generator=generator,
                                 device=generator.device)
         return copy_sequences(symbols, lengths, self.bos, self.sep, self.pad)
@@ -78,7 +78,10 @@ class CopyTask(Task):
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         lengths = torch.randint(self.min_len, self.max_train_len + 1, (batch_size,), generator=generator,
                                 device=generator.device)
-        return self._sample(lengths, generator)
+        # On a GPU, reading lengths.max() back would stall the host every step until the device has
+        # drained its queue; draw symbols at the widest training length instead (same distribution,
+        # padded as before; a batch of 128 reaches that width anyway with near certainty).
+        return self._sample(lengths, generator, width=self.max_train_len if lengths.is_cuda else None)
 
     def eval_sets(self) -> dict[str, Batch]:
         sets = {}

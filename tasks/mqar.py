@@ -118,6 +118,16 @@ class MQARTask(Task):
         self.train_weights = torch.tensor([float(w) for w in train_weights])
         self.eval_samples, self.eval_seed = eval_samples, eval_seed
 
+    def _setting_generator(self, generator: torch.Generator) -> torch.Generator:
+        """Where each step's (seq_len, num_kv_pairs) is drawn: the data generator itself on CPU; on a
+        GPU a CPU generator seeded from it, so that choosing a shape never waits for the device."""
+        if generator.device.type == "cpu":
+            return generator
+        if getattr(self, "_settings_for", None) is not generator:
+            self._settings_for = generator
+            self._settings_gen = torch.Generator().manual_seed(generator.initial_seed())
+        return self._settings_gen
+
     def max_input_len(self) -> int:
         return max(s[0] for s in self.train_settings + self.test_settings)
 
@@ -125,8 +135,7 @@ class MQARTask(Task):
         return mqar_batch(batch, seq_len, kv, self.vocab_size, self.power_a, self.random_non_queries, generator)
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        weights = self.train_weights.to(generator.device)
-        index = int(torch.multinomial(weights, 1, generator=generator))
+        index = int(torch.multinomial(self.train_weights, 1, generator=self._setting_generator(generator)))
         seq_len, kv = self.train_settings[index]
         return self._batch(batch_size, seq_len, kv, generator)
 
