@@ -15,17 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 
-from harness.config import ConfigError, resolve_device, to_dict
+from harness.cli import entry_point, with_profile
+from harness.config import ConfigError, resolve_device
 from harness.environment import environment, hardware_label
 from harness.model import SequenceModel
 from harness.records import write_atomic
 from harness.report import write_table
-from harness.run import CONF_DIR
 from harness.scaling import DTYPES, variant_options
 
 log = logging.getLogger("mixbench.generation")
@@ -126,16 +124,9 @@ def main_with(cfg: dict) -> dict:
     return result
 
 
-@hydra.main(config_path=CONF_DIR, config_name="generation", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        main_with(to_dict(cfg))
-    except ConfigError as err:
-        log.error("configuration error: %s", err)
-        raise SystemExit(2) from None
+main = entry_point("generation", main_with, log)
 
 
 if __name__ == "__main__":
-    if not any(a.split("=")[0] == "generation" for a in sys.argv[1:]):
-        sys.argv.append("generation=gpu" if torch.cuda.is_available() else "generation=cpu")
+    sys.argv = with_profile(sys.argv, "generation")
     main()

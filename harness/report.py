@@ -181,20 +181,29 @@ def label(record: dict, extra: tuple[str, ...]) -> str:
     return key[0] + "".join(f", {k.split('.')[-1]}={v}" for k, v in zip(extra, key[2:]))
 
 
-def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """Token accuracy against evaluation length, one panel per protocol, training range shaded."""
+def _protocol_panels(records: list[dict]) -> tuple[plt.Figure, list[tuple[plt.Axes, str, list[dict]]],
+                                                    tuple[str, ...], dict[str, str]]:
+    """A figure with one panel per protocol of the finished runs: ``(figure, [(axes, protocol, its
+    finished runs)], the settings that vary, a colour per legend label)``."""
     ok = [r for r in records if r["status"] == "ok"]
     protocols = sorted({group_key(r)[1] for r in ok})
-    colors = _mixer_colors(list({label(r, tuple(varying_keys(records))) for r in ok}))
+    extra = tuple(varying_keys(records))
+    colors = _mixer_colors(list({label(r, extra) for r in ok}))
     fig, axes = plt.subplots(1, max(1, len(protocols)), figsize=(5 * max(1, len(protocols)), 3.8), squeeze=False)
-    for ax, protocol in zip(axes[0], protocols):
-        runs = [r for r in ok if group_key(r)[1] == protocol]
+    panels = [(ax, protocol, [r for r in ok if group_key(r)[1] == protocol])
+              for ax, protocol in zip(axes[0], protocols)]
+    return fig, panels, extra, colors
+
+
+def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> list[Path]:
+    """Token accuracy against evaluation length, one panel per protocol, training range shaded."""
+    fig, panels, extra, colors = _protocol_panels(records)
+    for ax, protocol, runs in panels:
         lo, hi = runs[0]["task_summary"]["train_lengths"]
         if lo == hi:  # a single training length: mark it
             ax.axvline(lo, color="0.75", linewidth=6, alpha=0.6, label="training length")
         else:
             ax.axvspan(lo, hi, color="0.9", label="training lengths")
-        extra = tuple(varying_keys(records))
         by_mixer: dict[str, list[dict]] = defaultdict(list)
         for r in runs:
             by_mixer[label(r, extra)].append(r)
@@ -217,21 +226,17 @@ def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> l
         ax.set_ylabel("token accuracy on the copy")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower left")
+    fig.axes[-1].legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, out_dir, "accuracy_vs_length")
 
 
 def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[Path]:
     """In-distribution evaluation loss against cumulative training FLOPs, one line per run."""
-    ok = [r for r in records if r["status"] == "ok"]
-    protocols = sorted({group_key(r)[1] for r in ok})
-    extra = tuple(varying_keys(records))
-    colors = _mixer_colors(list({label(r, extra) for r in ok}))
-    fig, axes = plt.subplots(1, max(1, len(protocols)), figsize=(5 * max(1, len(protocols)), 3.8), squeeze=False)
-    for ax, protocol in zip(axes[0], protocols):
+    fig, panels, extra, colors = _protocol_panels(records)
+    for ax, protocol, runs in panels:
         labelled = set()
-        for r in sorted((r for r in ok if group_key(r)[1] == protocol), key=lambda r: label(r, extra)):
+        for r in sorted(runs, key=lambda r: label(r, extra)):
             mixer = label(r, extra)
             xs = [p["train_flops"] for p in r["curve"]]
             ys = [p["loss_in"] for p in r["curve"]]
@@ -243,7 +248,7 @@ def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[P
         ax.set_ylabel("eval loss, in-distribution lengths")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")
-    axes[0][-1].legend(fontsize=8)
+    fig.axes[-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, out_dir, "loss_vs_flops")
 
@@ -285,15 +290,12 @@ def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOL
 
 def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
     """Final in-distribution evaluation loss against peak training memory, one point per run."""
+    fig, panels, extra, colors = _protocol_panels(records)
     ok = [r for r in records if r["status"] == "ok"]
-    protocols = sorted({group_key(r)[1] for r in ok})
-    extra = tuple(varying_keys(records))
-    colors = _mixer_colors(list({label(r, extra) for r in ok}))
-    fig, axes = plt.subplots(1, max(1, len(protocols)), figsize=(5 * max(1, len(protocols)), 3.8), squeeze=False)
     gpu = ok and ok[0]["environment"].get("device") == "cuda"
-    for ax, protocol in zip(axes[0], protocols):
+    for ax, protocol, runs in panels:
         labelled = set()
-        for r in sorted((r for r in ok if group_key(r)[1] == protocol), key=lambda r: label(r, extra)):
+        for r in sorted(runs, key=lambda r: label(r, extra)):
             name = label(r, extra)
             mem = r["memory"].get("activation_peak_bytes" if gpu else "peak_bytes", 0) / 2**20
             ax.scatter([mem], [max(r["final"]["loss_in"], 1e-6)], color=colors[name], label=None if name in labelled else name)
@@ -305,7 +307,7 @@ def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[
         ax.set_ylabel("final eval loss, in-distribution")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")
-    axes[0][-1].legend(fontsize=8)
+    fig.axes[-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, out_dir, "loss_vs_memory")
 

@@ -67,15 +67,23 @@ def table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[Path]:
+def _task_panels(records: list[dict]) -> tuple[plt.Figure, list[tuple[plt.Axes, str, list[tuple[tuple, list[dict]]]]],
+                                               list[str], dict[str, str]]:
+    """A figure with one panel per task: ``(figure, [(axes, task, its (key, runs) groups)], the settings
+    that vary, a colour per legend label)``."""
     extra, by_key = groups(records)
     tasks = [t for t in TASKS if any(k[0] == t for k in by_key)]
     colors = _mixer_colors(list({label(k, extra) for k in by_key}))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for key, runs in by_key.items():
-            if key[0] != task:
-                continue
+    panels = [(ax, task, [(key, runs) for key, runs in by_key.items() if key[0] == task])
+              for ax, task in zip(axes[0], tasks)]
+    return fig, panels, extra, colors
+
+
+def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[Path]:
+    fig, panels, extra, colors = _task_panels(records)
+    for ax, task, keyed in panels:
+        for key, runs in keyed:
             for i, r in enumerate(r for r in runs if r["status"] == "ok"):
                 ax.plot([p["train_flops"] for p in r["curve"]], [p["eval"]["validation"]["loss"] for p in r["curve"]],
                         color=colors[label(key, extra)], label=None if i else label(key, extra))
@@ -90,14 +98,11 @@ def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[P
 
 
 def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    extra, by_key = groups(records)
-    tasks = [t for t in TASKS if any(k[0] == t for k in by_key)]
-    colors = _mixer_colors(list({label(k, extra) for k in by_key}))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for key, runs in by_key.items():
+    fig, panels, extra, colors = _task_panels(records)
+    for ax, task, keyed in panels:
+        for key, runs in keyed:
             ok = [r for r in runs if r["status"] == "ok"]
-            if key[0] != task or not ok:
+            if not ok:
                 continue
             x = mean([peak_memory(r) for r in ok]) / 2**20
             y = mean([r["final"]["eval"]["validation"]["loss"] for r in ok])

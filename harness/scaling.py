@@ -20,12 +20,12 @@ import sys
 import traceback
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 import mixers
-from harness.config import ConfigError, resolve_device, to_dict
+from harness.cli import entry_point, with_profile
+from harness.config import ConfigError, resolve_device
 from harness.environment import environment, hardware_label
 from harness.measure import memory_forward_backward, time_forward_backward
 from harness.records import write_atomic
@@ -146,16 +146,9 @@ def main_with(cfg: dict) -> dict:
     return result
 
 
-@hydra.main(config_path=CONF_DIR, config_name="scaling", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        main_with(to_dict(cfg))
-    except ConfigError as err:
-        log.error("configuration error: %s", err)
-        raise SystemExit(2) from None
+main = entry_point("scaling", main_with, log)
 
 
 if __name__ == "__main__":
-    if not any(a.split("=")[0] == "scaling" for a in sys.argv[1:]):
-        sys.argv.append("scaling=gpu" if torch.cuda.is_available() else "scaling=cpu")
+    sys.argv = with_profile(sys.argv, "scaling")
     main()

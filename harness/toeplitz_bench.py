@@ -15,15 +15,13 @@ import logging
 import statistics
 from pathlib import Path
 
-import hydra
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 
-from harness.config import ConfigError, resolve_device, to_dict
+from harness.cli import entry_point
+from harness.config import ConfigError, resolve_device
 from harness.environment import environment
 from harness.records import write_atomic
-from harness.run import CONF_DIR
 from mixers.tmm import ToeplitzCausal
 
 log = logging.getLogger("mixbench.toeplitz_bench")
@@ -108,13 +106,7 @@ def main_with(cfg: dict) -> list[dict]:
     return rows
 
 
-@hydra.main(config_path=CONF_DIR, config_name="toeplitz_bench", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        main_with(to_dict(cfg))
-    except ConfigError as err:
-        log.error("configuration error: %s", err)
-        raise SystemExit(2) from None
+main = entry_point("toeplitz_bench", main_with, log)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
+def rotary_qkv(qkv: nn.Linear, x: torch.Tensor, start: int, heads: int, head_dim: int,
+               rope_base: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v ``(batch, heads, n, head_dim)`` from the fused projection ``qkv`` of ``x (batch, n, d_model)``,
+    q and k rotated for positions ``start..start+n-1``."""
+    n = x.shape[1]
+    q, k, v = rearrange(qkv(x), "b n (three h e) -> three b h n e", three=3, h=heads)
+    cos, sin = rotary_cos_sin(start + n, head_dim, rope_base, x.device, q.dtype)
+    cos, sin = cos[start:], sin[start:]
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+
 @register("attention")
 class CausalSelfAttention(Mixer):
     """Causal multi-head attention: ``(batch, length, d_model) -> (batch, length, d_model)``."""
@@ -58,11 +69,7 @@ class CausalSelfAttention(Mixer):
 
     def _qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rotated q, k and v ``(batch, heads, n, head_dim)`` for ``x`` at positions ``start..start+n-1``."""
-        n = x.shape[1]
-        q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.heads)
-        cos, sin = rotary_cos_sin(start + n, self.head_dim, self.rope_base, x.device, q.dtype)
-        cos, sin = cos[start:], sin[start:]
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        return rotary_qkv(self.qkv, x, start, self.heads, self.head_dim, self.rope_base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as TF
 
 from mixers import register
-from mixers.attention import apply_rotary, rotary_cos_sin
+from mixers.attention import rotary_qkv
 from mixers.base import Mixer
 from mixers.ops import flops as F
 from mixers.ops.sliding_window import sliding_window_blocked, sliding_window_dense
@@ -63,11 +63,7 @@ class SlidingWindowAttention(Mixer):
 
     def _qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rotated q, k and v ``(batch, heads, n, head_dim)`` for ``x`` at positions ``start..start+n-1``."""
-        n = x.shape[1]
-        q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.heads)
-        cos, sin = rotary_cos_sin(start + n, self.head_dim, self.rope_base, x.device, q.dtype)
-        cos, sin = cos[start:], sin[start:]
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        return rotary_qkv(self.qkv, x, start, self.heads, self.head_dim, self.rope_base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
