@@ -52,13 +52,15 @@ def peak_above(fn) -> int:
     return torch.cuda.max_memory_allocated() - before
 
 
-def measure_path(layer: ToeplitzCausal, x: torch.Tensor, grad: torch.Tensor, warmup: int, repeats: int) -> dict:
+def measure_path(layer: ToeplitzCausal, options: dict, x: torch.Tensor, grad: torch.Tensor, warmup: int,
+                 repeats: int) -> dict:
+    """Times and peak memory of ``layer(x, **options)``."""
     def forward():
         with torch.no_grad():
-            layer(x)
+            layer(x, **options)
 
     def train_step():
-        layer(x).backward(grad)
+        layer(x, **options).backward(grad)
         x.grad = None
         layer.zero_grad(set_to_none=True)
 
@@ -81,15 +83,13 @@ def main_with(cfg: dict) -> list[dict]:
         y = torch.empty_like(x)
         copy_ms = 1e3 * cuda_median(lambda: y.copy_(x), cfg["warmup"], cfg["repeats"])
         base = {"length": n, "batch": batch, "copy_ms": copy_ms}
-        paths = [("fft", {})] + [(f"fused {b}", {"block": b}) for b in cfg["blocks"]]
-        for name, blocks in paths:
+        paths = [("fft", {"impl": "fft"})] + [(f"fused {b}", {"impl": "fused", "block": b}) for b in cfg["blocks"]]
+        for name, options in paths:
             torch.manual_seed(0)
-            layer = ToeplitzCausal(cfg["heads"], n, "fused" if blocks else "fft").to(device)
-            if blocks:
-                layer.blocks = blocks
+            layer = ToeplitzCausal(cfg["heads"], n).to(device)
             row = {**base, "path": name}
             try:
-                row.update(measure_path(layer, x, grad, cfg["warmup"], cfg["repeats"]))
+                row.update(measure_path(layer, options, x, grad, cfg["warmup"], cfg["repeats"]))
                 row["forward_over_copy"] = row["forward_ms"] / copy_ms
                 row["status"] = "ok"
             except torch.OutOfMemoryError as err:

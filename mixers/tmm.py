@@ -18,6 +18,7 @@ path otherwise. ``backend`` names the path that runs.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from einops import rearrange
@@ -29,8 +30,10 @@ from mixers.ops import flops as F
 from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_heads_fft
 
 IMPLS = ("auto", "fused", "fft", "dense")
+FUSED_BLOCK = 64  # tile size of the fused kernel (its FLOPs count whole tiles)
 
 
+@lru_cache(maxsize=None)
 def triton_available() -> bool:
     """Whether the fused kernel can be compiled here (Triton imports and CUDA is present)."""
     try:
@@ -43,15 +46,14 @@ def triton_available() -> bool:
 class ToeplitzCausal(nn.Module):
     """Per-head causal Toeplitz product with per-position bias: ``(batch, n, heads * channels)``.
 
-    Head ``h`` owns channels ``[h e, (h + 1) e)``; ``impl`` is ``fused``, ``fft`` or ``dense``.
+    Head ``h`` owns channels ``[h e, (h + 1) e)``; the caller picks the implementation per call.
     """
 
-    def __init__(self, heads: int, max_len: int, impl: str):
+    def __init__(self, heads: int, max_len: int):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(heads, max_len) * math.sqrt(2.0 / max_len))
         self.bias = nn.Parameter(torch.zeros(heads, max_len))
-        self.heads, self.impl = heads, impl
-        self.blocks: dict = {}  # fused kernel options (``block``: tile size), its defaults when empty
+        self.heads = heads
 
     def step(self, history: torch.Tensor) -> torch.Tensor:
         """Output at the last position from the inputs so far ``history (batch, heads, channels, t)``:
@@ -60,15 +62,16 @@ class ToeplitzCausal(nn.Module):
         kernel = self.weight[:, :t].flip(-1)[:, None, :]  # (heads, 1, t)
         return (history * kernel.to(history.dtype)).sum(-1) + self.bias[:, None, t - 1].to(history.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (batch, n, heads * channels)`` -> same shape."""
-        if self.impl == "fused":
+    def forward(self, x: torch.Tensor, impl: str, block: int = FUSED_BLOCK) -> torch.Tensor:
+        """``x (batch, n, heads * channels)`` -> same shape, by ``impl`` (``fused``, ``fft`` or ``dense``;
+        ``block``: the fused kernel's tile size)."""
+        if impl == "fused":
             from mixers.ops.toeplitz_triton import toeplitz_fused
 
-            return toeplitz_fused(x, self.weight, self.bias, self.heads, **self.blocks)
+            return toeplitz_fused(x, self.weight, self.bias, self.heads, block=block)
         n = x.shape[1]
         bias = self.bias[:, :n].T.repeat_interleave(x.shape[2] // self.heads, dim=1)  # (n, d)
-        if self.impl == "fft":
+        if impl == "fft":
             return causal_toeplitz_heads_fft(x, self.weight, self.heads) + bias.to(x.dtype)
         u = rearrange(x, "b n (h e) -> b h e n", h=self.heads)
         y = causal_toeplitz_dense(u, self.weight[:, None, :n])  # one (n x n) matrix per head
@@ -117,9 +120,9 @@ class ToeplitzMixer(Mixer):
         if impl == "fused":  # block-Toeplitz tiles on tensor cores: quadratic work, linear memory
             self.time_complexity, self.time_exponent = "O(n^2)", 2.0
         self._fusable, self.fused_max_len = fusable, fused_max_len
-        self.toeplitz = ToeplitzCausal(heads, max_len, impl)
+        self.toeplitz = ToeplitzCausal(heads, max_len)
         if expanded:
-            self.toeplitz2 = ToeplitzCausal(heads, max_len, impl)
+            self.toeplitz2 = ToeplitzCausal(heads, max_len)
             self.dropout = nn.Dropout(dropout)
         if projections:
             self.in_proj = nn.Linear(d_model, d_model)
@@ -139,14 +142,14 @@ class ToeplitzMixer(Mixer):
 
     @property
     def backend(self) -> str:
-        path = self._path()
-        name = "triton-fused" if path == "fused" else f"torch-{path}"
-        if self.impl == "auto" and path == "fused":
+        name = self.backend_at(None)
+        if self.impl == "auto" and name == "triton-fused":
             name += f"(n<={self.fused_max_len}, else torch-fft)"
         return name
 
-    def backend_at(self, length: int) -> str:
-        return "triton-fused" if self._path(length) == "fused" else f"torch-{self._path(length)}"
+    def backend_at(self, length: int | None) -> str:
+        path = self._path(length)
+        return "triton-fused" if path == "fused" else f"torch-{path}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
@@ -160,15 +163,13 @@ class ToeplitzMixer(Mixer):
         if self.projections:
             x = self.in_proj(x)
         path = self._path(x.shape[1])
-        for layer in (self.toeplitz, self.toeplitz2) if self.expanded else (self.toeplitz,):
-            layer.impl = path
         as_history = lambda t: rearrange(t, "b n (h e) -> b h e n", h=self.heads)  # noqa: E731 (a view)
         state = {"history": as_history(x)}
-        y = self.toeplitz(x)
+        y = self.toeplitz(x, path)
         if self.expanded:
             hidden = self.dropout(nn.functional.silu(y))
             state["history2"] = as_history(hidden)
-            y = self.toeplitz2(hidden)
+            y = self.toeplitz2(hidden, path)
         return (self.out_proj(y) if self.projections else y), state
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
@@ -193,9 +194,9 @@ class ToeplitzMixer(Mixer):
         d = self.d_model
         path = self._path(n)
         if path == "fused":
-            # Tiles of 64 on and below the diagonal, zeros inside the diagonal tiles included.
-            blocks = -(-n // 64)
-            return {"matmul": 2.0 * d * 64 * 64 * blocks * (blocks + 1) / 2, "elementwise": float(n * d)}
+            # Whole tiles on and below the diagonal, zeros inside the diagonal tiles included.
+            blocks = -(-n // FUSED_BLOCK)
+            return {"matmul": 2.0 * d * FUSED_BLOCK**2 * blocks * (blocks + 1) / 2, "elementwise": float(n * d)}
         if path == "fft":
             spectral = F.fft_causal_conv(n, d)
             return {"fft": spectral, "elementwise": float(n * d)}  # + per-position bias
