@@ -164,8 +164,8 @@ def write_table(df: pd.DataFrame, out_dir: Path, stem: str, header: str) -> list
 
 def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+    for p in paths:  # no creation date in PDFs: regenerating a report leaves unchanged plots byte-identical
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 
