@@ -30,7 +30,8 @@ from mixers.ops import flops as F
 from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_heads_fft
 
 IMPLS = ("auto", "fused", "fft", "dense")
-FUSED_BLOCK = 64  # tile size of the fused kernel (its FLOPs count whole tiles)
+FUSED_BLOCK = 64  # the fused kernel's bank tile (its K tile); its FLOPs count whole tiles
+FUSED_ROWS = 128  # rows per output tile of the fused forward and dx kernels
 
 
 @lru_cache(maxsize=None)
@@ -62,13 +63,13 @@ class ToeplitzCausal(nn.Module):
         kernel = self.weight[:, :t].flip(-1)[:, None, :]  # (heads, 1, t)
         return (history * kernel.to(history.dtype)).sum(-1) + self.bias[:, None, t - 1].to(history.dtype)
 
-    def forward(self, x: torch.Tensor, impl: str, block: int = FUSED_BLOCK) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, impl: str, block: int = FUSED_BLOCK, rows: int = FUSED_ROWS) -> torch.Tensor:
         """``x (batch, n, heads * channels)`` -> same shape, by ``impl`` (``fused``, ``fft`` or ``dense``;
-        ``block``: the fused kernel's tile size)."""
+        ``block``, ``rows``: the fused kernel's bank tile and output rows per tile)."""
         if impl == "fused":
             from mixers.ops.toeplitz_triton import toeplitz_fused
 
-            return toeplitz_fused(x, self.weight, self.bias, self.heads, block=block)
+            return toeplitz_fused(x, self.weight, self.bias, self.heads, block=block, rows=max(rows, block))
         n = x.shape[1]
         bias = self.bias[:, :n].T.repeat_interleave(x.shape[2] // self.heads, dim=1)  # (n, d)
         if impl == "fft":
@@ -76,6 +77,14 @@ class ToeplitzCausal(nn.Module):
         u = rearrange(x, "b n (h e) -> b h e n", h=self.heads)
         y = causal_toeplitz_dense(u, self.weight[:, None, :n])  # one (n x n) matrix per head
         return rearrange(y, "b h e n -> b n (h e)") + bias.to(x.dtype)
+
+
+def fused_tile_flops(n: int, d: int, block: int = FUSED_BLOCK, rows: int = FUSED_ROWS) -> float:
+    """Multiply-adds x 2 the fused forward computes: whole (rows x block) tiles on and below the
+    diagonal, times each channel, zeros inside the diagonal tiles included."""
+    r, row_blocks, col_blocks = rows // block, -(-n // rows), -(-n // block)
+    steps = sum(min(col_blocks, r * i + r) for i in range(row_blocks))
+    return 2.0 * d * rows * block * steps
 
 
 @register("tmm")
@@ -194,9 +203,7 @@ class ToeplitzMixer(Mixer):
         d = self.d_model
         path = self._path(n)
         if path == "fused":
-            # Whole tiles on and below the diagonal, zeros inside the diagonal tiles included.
-            blocks = -(-n // FUSED_BLOCK)
-            return {"matmul": 2.0 * d * FUSED_BLOCK**2 * blocks * (blocks + 1) / 2, "elementwise": float(n * d)}
+            return {"matmul": fused_tile_flops(n, d), "elementwise": float(n * d)}
         if path == "fft":
             spectral = F.fft_causal_conv(n, d)
             return {"fft": spectral, "elementwise": float(n * d)}  # + per-position bias

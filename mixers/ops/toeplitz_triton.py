@@ -9,10 +9,12 @@ i.e. ``y_h = T_h x_h`` with the lower-triangular Toeplitz matrix ``T_h[i, j] = w
 
 Method (block-Toeplitz on tensor cores): a Toeplitz matrix cut into (BLOCK x BLOCK) tiles has only
 ``n / BLOCK`` distinct tiles, one per block offset; ``tile_bank`` builds them (O(n BLOCK) entries
-per head, never the n x n matrix). The output is tiled into (BLOCK rows x BLOCK_C channels) of one
-head; each program walks the column blocks j <= i, loads the bank's tile for offset ``i - j`` as a
-contiguous operand and accumulates ``tile @ x[j-block]`` in float32 with ``tl.dot``. Only ``x`` and
-``w`` are saved for backward, so activation memory is O(n d) like the input itself.
+per head, never the n x n matrix), in an order where the (ROWS x BLOCK) operand of any output row
+block is ROWS / BLOCK consecutive tiles. The output is tiled into (ROWS x BLOCK_C channels) of one
+head; each program walks the column blocks left of (causal) or right of (anti-causal) its rows,
+loads the bank's operand contiguously and accumulates ``tile @ x[j-block]`` in float32 with
+``tl.dot``: a matmul whose A operand is read from a bank of O(n) tiles. Only ``x`` and ``w`` are
+saved for backward, so activation memory is O(n d) like the input itself.
 
 Backward:
 - ``dx = T_h^T dy``: the same kernel walking the anti-causal direction.
@@ -37,44 +39,42 @@ import triton.language as tl
 @triton.jit
 def _toeplitz_apply_kernel(
     x_ptr, bank_ptr, bias_ptr, y_ptr,
-    n, e,
+    n, e, bank_origin,
     stride_xb, stride_xn, stride_yb, stride_yn, stride_bank_h, stride_bias_h,
     REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One (BLOCK x BLOCK_C) output tile. REVERSE=False: ``y = T x`` (+ bias); True: ``y = T^T x``.
+    """One (BLOCK_M x BLOCK_C) output tile. REVERSE=False: ``y = T x`` (+ bias); True: ``y = T^T x``.
 
-    ``bank[h, delta]`` is the (BLOCK x BLOCK) tile of ``T_h`` (REVERSE: of ``T_h^T``) at block offset
-    ``delta`` (``tile_bank``): every tile of a Toeplitz matrix is one of these, so each step loads a
-    contiguous tile like a matmul operand instead of gathering from ``w``.
+    The (BLOCK_M x BLOCK_K) tile of ``T`` at row block I, column block J is ``R = BLOCK_M / BLOCK_K``
+    consecutive (BLOCK_K x BLOCK_K) tiles of the bank (``tile_bank``), starting at
+    ``bank_origin + R I - J``: one contiguous operand, loaded like a matmul's K tile, no gather.
     """
-    num_blocks = tl.cdiv(n, BLOCK)
+    R = BLOCK_M // BLOCK_K
+    num_m = tl.cdiv(n, BLOCK_M)
+    num_k = tl.cdiv(n, BLOCK_K)
     pid_m = tl.program_id(0)
     # The longest rows first (causal: the last blocks; anti-causal: the first), so the tail is short.
-    m_block = pid_m if REVERSE else num_blocks - 1 - pid_m
+    m_block = pid_m if REVERSE else num_m - 1 - pid_m
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2)
     head = (pid_c * BLOCK_C) // e
-    offs = tl.arange(0, BLOCK)
-    offs_m = m_block * BLOCK + offs
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     x_base = x_ptr + pid_b * stride_xb
-    tiles = bank_ptr + head * stride_bank_h + offs[:, None] * BLOCK + offs[None, :]
+    tiles = bank_ptr + head * stride_bank_h + tl.arange(0, BLOCK_M)[:, None] * BLOCK_K + offs_k[None, :]
     row_ok = offs_m < n
-    acc = tl.zeros((BLOCK, BLOCK_C), dtype=tl.float32)
-    if REVERSE:
-        lo = m_block
-        hi = num_blocks
-    else:
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    if REVERSE:  # columns j >= i
+        lo = m_block * R
+        hi = num_k
+    else:  # columns j <= i
         lo = 0
-        hi = m_block + 1
-    for n_block in range(lo, hi):
-        offs_n = n_block * BLOCK + offs
-        if REVERSE:
-            delta = n_block - m_block
-        else:
-            delta = m_block - n_block
-        tile = tl.load(tiles + delta * BLOCK * BLOCK)
+        hi = tl.minimum(num_k, m_block * R + R)
+    for k_block in range(lo, hi):
+        tile = tl.load(tiles + (bank_origin + m_block * R - k_block) * BLOCK_K * BLOCK_K)
+        offs_n = k_block * BLOCK_K + offs_k
         xs = tl.load(x_base + offs_n[:, None] * stride_xn + offs_c[None, :], mask=(offs_n < n)[:, None], other=0.0)
         if IEEE:
             acc += tl.dot(tile, xs, input_precision="ieee")
@@ -86,15 +86,47 @@ def _toeplitz_apply_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-def tile_bank(weight: torch.Tensor, n: int, block: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(heads, num_blocks, block, block)``: ``bank[h, delta][a, c] = w[h, delta*block + a - c]``, zero
-    where that offset is negative or at least ``n``. O(n block) entries per head, built per call."""
+@triton.jit
+def _tile_bank_kernel(w_ptr, bank_ptr, n, origin, stride_wh, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """``bank[h, q]``: the tile of ``T_h`` at block offset ``d = q - origin`` (REVERSE: the tile of
+    ``T_h^T`` at ``d = origin - q``), zero where the offset is negative or at least ``n``."""
+    q = tl.program_id(0)
+    head = tl.program_id(1)
+    a = tl.arange(0, BLOCK)[:, None]
+    c = tl.arange(0, BLOCK)[None, :]
+    if REVERSE:
+        offsets = (origin - q) * BLOCK + c - a
+    else:
+        offsets = (q - origin) * BLOCK + a - c
+    values = tl.load(w_ptr + head * stride_wh + offsets, mask=(offsets >= 0) & (offsets < n), other=0.0)
+    tiles = tl.num_programs(0)
+    tl.store(bank_ptr + ((head * tiles + q) * BLOCK + a) * BLOCK + c, values.to(bank_ptr.dtype.element_ty))
+
+
+def tile_bank(
+    weight: torch.Tensor, n: int, block: int, dtype: torch.dtype, rows: int | None = None, reverse: bool = False
+) -> tuple[torch.Tensor, int]:
+    """The distinct (block x block) tiles of ``T_h[i, j] = w[h, i - j]`` (zero where ``i - j < 0`` or
+    ``>= n``), for output tiles of ``rows`` (a multiple of ``block``; default ``block``) rows.
+
+    Returns ``(bank, origin)``, ``bank (heads, tiles, block, block)``. Forward: ``bank[h, origin + d]``
+    is the tile at block offset ``d`` (``[a, c] = w[h, d block + a - c]``) for ``d`` from
+    ``-(R - 1)`` to ``R ceil(n / rows) - 1``, ``R = rows / block``. ``reverse``: the tiles of ``T_h^T``,
+    ``bank[h, origin - d] = tile_d^T``, in the opposite order. Either way the kernel's
+    (rows x block) operand at row block I, column block J starts at ``bank[h, origin + R I - J]``.
+    O(n rows) entries per head, never the (n x n) matrix; one kernel launch.
+    """
+    rows = rows or block
+    if rows % block:
+        raise ValueError(f"tile_bank: rows={rows} must be a multiple of block={block}")
+    r = rows // block
+    last = r * triton.cdiv(n, rows) - 1
+    tiles = last + r  # block offsets -(r - 1) .. last
     heads = weight.shape[0]
-    num_blocks = triton.cdiv(n, block)
-    padded = torch.nn.functional.pad(weight[:, :n].to(dtype), (block, num_blocks * block + block - n))
-    ar = torch.arange(block, device=weight.device)
-    index = (torch.arange(num_blocks, device=weight.device)[:, None, None] * block + ar[:, None] - ar[None, :] + block)
-    return padded[:, index]  # offset k sits at padded[k + block]; zeros below 0 and from n on
+    bank = torch.empty(heads, tiles, block, block, device=weight.device, dtype=dtype)
+    origin = last if reverse else r - 1
+    _tile_bank_kernel[(tiles, heads)](weight, bank, n, origin, weight.stride(0), REVERSE=reverse, BLOCK=block)
+    return bank, origin
 
 
 @triton.jit
@@ -152,50 +184,70 @@ def _diagonal_sums(g: torch.Tensor, n: int) -> torch.Tensor:
     return out.reshape(heads, num_blocks * block)[:, :n]
 
 
-def _channel_block(e: int) -> int:
-    for block in (64, 32, 16):
-        if e % block == 0:
-            return block
-    raise ValueError(f"fused Toeplitz needs channels per head divisible by 16, got {e}")
+def launch_config(e: int, rows: int, dtype: torch.dtype, **override) -> dict:
+    """Meta-parameters of ``_toeplitz_apply_kernel`` for ``e`` channels per head and ``rows``-row output
+    tiles: the widest channel tile that divides ``e`` (at most 128; 64 in float32, whose tiles take
+    twice the shared memory), 8 warps for 128 x 128 tiles, 3 pipeline stages. ``override`` replaces
+    any of ``BLOCK_C``, ``num_warps``, ``num_stages`` (``harness.toeplitz_bench`` tunes them)."""
+    widest = 64 if dtype == torch.float32 else 128
+    block_c = next((b for b in (128, 64, 32, 16) if b <= widest and e % b == 0), None)
+    if block_c is None:
+        raise ValueError(f"fused Toeplitz needs channels per head divisible by 16, got {e}")
+    config = {"BLOCK_C": block_c, "num_warps": 8 if rows * block_c >= 128 * 128 else 4,
+              "num_stages": 2 if dtype == torch.float32 else 3}
+    config.update(override)
+    if e % config["BLOCK_C"]:
+        raise ValueError(f"fused Toeplitz: BLOCK_C={config['BLOCK_C']} does not divide {e} channels per head")
+    return config
 
 
-def _apply(x: torch.Tensor, bank: torch.Tensor, bias: torch.Tensor | None, e: int, reverse: bool) -> torch.Tensor:
+def _apply(x: torch.Tensor, bank: torch.Tensor, origin: int, bias: torch.Tensor | None, e: int, rows: int,
+           reverse: bool, **override) -> torch.Tensor:
     batch, n, d = x.shape
-    block, block_c = bank.shape[-1], _channel_block(e)
+    config = launch_config(e, rows, x.dtype, **override)
     y = torch.empty_like(x)
-    grid = (triton.cdiv(n, block), d // block_c, batch)
+    grid = (triton.cdiv(n, rows), d // config["BLOCK_C"], batch)
     _toeplitz_apply_kernel[grid](
-        x, bank, bank if bias is None else bias, y, n, e, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-        bank.stride(0), 0 if bias is None else bias.stride(0),
-        REVERSE=reverse, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, BLOCK=block, BLOCK_C=block_c,
+        x, bank, bank if bias is None else bias, y, n, e, origin, x.stride(0), x.stride(1), y.stride(0),
+        y.stride(1), bank.stride(0), 0 if bias is None else bias.stride(0),
+        REVERSE=reverse, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, BLOCK_M=rows,
+        BLOCK_K=bank.shape[-1], **config,
     )
     return y
 
 
+def toeplitz_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, heads: int, block: int,
+                     rows: int, **override) -> torch.Tensor:
+    """The forward product alone, no autograd: ``x (batch, n, d)`` contiguous -> ``(batch, n, d)``."""
+    n, d = x.shape[1], x.shape[2]
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    bank, origin = tile_bank(weight, n, block, x.dtype, rows)
+    return _apply(x, bank, origin, bias, d // heads, rows, reverse=False, **override)
+
+
 class _ToeplitzFused(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, heads, block):
-        n, d = x.shape[1], x.shape[2]
+    def forward(ctx, x, weight, bias, heads, block, rows):
         x = x.contiguous()
-        bank = tile_bank(weight, n, block, x.dtype)
-        y = _apply(x, bank, bias[:, :n].contiguous(), d // heads, reverse=False)
+        y = toeplitz_forward(x, weight, bias, heads, block, rows)
         ctx.save_for_backward(x, weight)
-        ctx.heads, ctx.block = heads, block
+        ctx.heads, ctx.block, ctx.rows = heads, block, rows
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        heads, block = ctx.heads, ctx.block
+        heads, block, rows = ctx.heads, ctx.block, ctx.rows
         max_len = weight.shape[1]
         batch, n, d = x.shape
         e = d // heads
         dy = dy.contiguous()
-        block_c = _channel_block(e)
         ieee = x.dtype == torch.float32
-        bank_t = tile_bank(weight, n, block, x.dtype).transpose(-1, -2).contiguous()
-        dx = _apply(dy, bank_t, None, e, reverse=True)
+        bank_t, origin = tile_bank(weight.contiguous(), n, block, x.dtype, rows, reverse=True)
+        dx = _apply(dy, bank_t, origin, None, e, rows, reverse=True)
         num_blocks = triton.cdiv(n, block)
+        block_c = launch_config(e, block, x.dtype)["BLOCK_C"]
         # Enough programs to fill the GPU (~1024) without a large scratch: split the (b, I) pairs.
         splits = max(1, min(batch * num_blocks, triton.cdiv(1024, heads * num_blocks)))
         pairs_per_split = triton.cdiv(batch * num_blocks, splits)
@@ -203,25 +255,31 @@ class _ToeplitzFused(torch.autograd.Function):
         _toeplitz_grad_kernel_blocks[(num_blocks, heads, splits)](
             dy, x, g, n, e, batch, pairs_per_split,
             x.stride(0), x.stride(1), g.stride(0), g.stride(1), g.stride(2),
-            IEEE=ieee, BLOCK=block, BLOCK_C=block_c,
+            IEEE=ieee, BLOCK=block, BLOCK_C=min(block_c, 64),
         )
         dw_n = _diagonal_sums(g.sum(0), n)
         dweight = torch.zeros(heads, max_len, device=x.device, dtype=torch.float32)
         dweight[:, :n] = dw_n
         dbias = torch.zeros_like(dweight)
         dbias[:, :n] = dy.reshape(batch, n, heads, e).sum(dim=(0, 3), dtype=torch.float32).transpose(0, 1)
-        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None
+        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None, None
 
 
-def toeplitz_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int, block: int = 64) -> torch.Tensor:
+def toeplitz_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int, block: int = 64,
+                   rows: int | None = None) -> torch.Tensor:
     """``x (batch, n, d_model)``, ``weight, bias (heads, >= n)`` -> ``(batch, n, d_model)``.
 
     Head ``h`` covers channels ``[h e, (h + 1) e)`` with ``e = d_model / heads`` (divisible by 16).
+    ``block``: the bank's tile size (the product's K tile; also the dw kernel's tile); ``rows``: rows
+    per output tile of the forward and dx kernels, a multiple of ``block`` (default 128 or ``block``).
     """
+    rows = rows or max(block, 128)
     if x.dim() != 3 or x.shape[-1] % heads:
         raise ValueError(f"toeplitz_fused: x must be (batch, n, d) with d divisible by heads={heads}")
     if weight.shape[0] != heads or weight.shape[1] < x.shape[1]:
         raise ValueError(f"toeplitz_fused: weight {tuple(weight.shape)} does not cover {heads} heads x n={x.shape[1]}")
     if block not in (16, 32, 64, 128):
         raise ValueError(f"toeplitz_fused: block must be 16, 32, 64 or 128, got {block}")
-    return _ToeplitzFused.apply(x, weight, bias, heads, block)
+    if rows % block or rows > 256:
+        raise ValueError(f"toeplitz_fused: rows must be a multiple of block={block} up to 256, got {rows}")
+    return _ToeplitzFused.apply(x, weight, bias, heads, block, rows)

@@ -113,3 +113,18 @@ def test_heads_fft_with_recomputed_spectra_equals_dense_with_gradients(shape):
     torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_tile_flops_count_the_tiles_the_kernel_visits():
+    from mixers.tmm import fused_tile_flops
+
+    d = 8
+    for n in (1, 63, 64, 65, 200, 1024):
+        for block, rows in ((64, 64), (64, 128), (32, 128), (16, 256)):
+            # (rows x block) tiles whose first column is at or left of the row block's last row
+            visited = sum(1 for i in range(-(-n // rows)) for j in range(-(-n // block))
+                          if j * block <= i * rows + rows - 1)
+            assert fused_tile_flops(n, d, block, rows) == 2.0 * d * rows * block * visited
+            assert fused_tile_flops(n, d, block, rows) >= n * (n + 1) * d  # the causal products themselves
+    blocks = 1024 // 64
+    assert fused_tile_flops(1024, d, 64, 64) == 2.0 * d * 64**2 * blocks * (blocks + 1) / 2

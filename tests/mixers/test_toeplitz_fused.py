@@ -38,17 +38,28 @@ def reference(x, weight, bias, heads):
     return rearrange(y, "b h e n -> b n (h e)")
 
 
-def test_tile_bank_holds_every_tile_of_the_matrix():
+@pytest.mark.parametrize("rows", [16, 32, 64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tile_bank_operands_are_the_matrix_tiles(rows, reverse):
+    """The (rows x 16) operand the kernel loads for row block I, column block J (``R`` consecutive
+    bank tiles from ``origin + R I - J``) equals that tile of T (reverse: of T^T), zeros included."""
     from mixers.ops.toeplitz import toeplitz_matrix
     from mixers.ops.toeplitz_triton import tile_bank
 
-    w = torch.randn(2, 50)
-    bank = tile_bank(w, 40, 16, torch.float32)  # 3 blocks, the last one partial
-    dense = toeplitz_matrix(w[:, :40], 40)
-    for i in range(3):
-        for j in range(i + 1):
-            block = dense[:, 16 * i : 16 * i + 16, 16 * j : 16 * j + 16]  # cut short at row and column 40
-            assert torch.equal(bank[:, i - j, : block.shape[1], : block.shape[2]], block)
+    n, block = 40, 16  # the last row and column blocks are partial
+    w = torch.randn(2, 50, device=DEVICE)
+    bank, origin = tile_bank(w, n, block, torch.float32, rows, reverse=reverse)
+    dense = toeplitz_matrix(w[:, :n], n)
+    dense = dense.transpose(-1, -2) if reverse else dense
+    r = rows // block
+    for i in range(-(-n // rows)):
+        for j in range(-(-n // block)):
+            if (j * block > i * rows + rows - 1) if not reverse else (j * block + block - 1 < i * rows):
+                continue  # the kernel never visits blocks wholly above (reverse: below) the diagonal
+            start = origin + r * i - j
+            operand = bank[:, start : start + r].reshape(2, rows, block)
+            expect = dense[:, i * rows : i * rows + rows, j * block : j * block + block]
+            assert torch.equal(operand[:, : expect.shape[1], : expect.shape[2]], expect)
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,13 +91,13 @@ def test_fused_equals_dense_reference_with_gradients(shape, dtype, tol):
     assert gw[:, n:].abs().max().item() == 0 if max_len > n else True  # unused kernel entries get no gradient
 
 
-@pytest.mark.parametrize("block", [16, 32, 64, 128])
-def test_tile_sizes_give_the_same_product(block):
-    gen = torch.Generator(device=DEVICE).manual_seed(block)
+@pytest.mark.parametrize("block,rows", [(16, 16), (32, 32), (64, 64), (128, 128), (16, 64), (32, 128), (64, 128)])
+def test_tile_sizes_give_the_same_product(block, rows):
+    gen = torch.Generator(device=DEVICE).manual_seed(block + rows)
     x = torch.randn(2, 97, 64, device=DEVICE, generator=gen).requires_grad_()
     weight = torch.randn(2, 97, device=DEVICE, generator=gen).requires_grad_()
     bias = torch.randn(2, 97, device=DEVICE, generator=gen).requires_grad_()
-    y = toeplitz_fused(x, weight, bias, 2, block=block)
+    y = toeplitz_fused(x, weight, bias, 2, block=block, rows=rows)
     gx, gw = torch.autograd.grad(y.square().sum(), (x, weight))
     x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
     ref = reference(x64, w64, bias.detach(), 2)
