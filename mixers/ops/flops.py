@@ -49,6 +49,17 @@ def fft_causal_conv(length: int, channels: int) -> float:
     return real_fft(n_fft, 2 * channels) + 6.0 * bins * channels
 
 
+def matmul_fft_causal_conv(length: int, channels: int, radix: int = 16) -> float:
+    """The same convolution with every FFT done as dense ``radix``-point DFTs, i.e. complex matrix
+    products on tensor cores (Monarch / FlashFFTConv style): a real transform of ``n_fft`` samples as
+    a complex one of ``n_fft / 2`` (8 ``radix`` real FLOPs per point per stage, ``log_radix`` stages),
+    twiddles and packing not counted; one forward and one inverse per signal, then the products."""
+    n_fft = fft_size(length)
+    half = max(n_fft // 2, 1)
+    stages = math.log(half, radix) if half > 1 else 0.0
+    return channels * (2 * half * 8 * radix * stages + 6.0 * (n_fft // 2 + 1))
+
+
 def causal_depthwise_conv(length: int, channels: int, kernel_size: int) -> float:
     """Depthwise causal convolution with ``kernel_size`` taps, as ``nn.Conv1d(padding=k - 1)`` computes
     it: ``length + k - 1`` outputs (the last ``k - 1`` are discarded), a multiply-add per tap."""
