@@ -92,6 +92,14 @@ def measure_path(layer: ToeplitzCausal, options: dict, x: torch.Tensor, grad: to
             "activation_peak_MB": peak_above(train_step) / 2**20}
 
 
+def fused_name(block: int, rows: int, dw_block: int | None = None) -> str:
+    return f"fused {block}x{rows}" + (f" dw{dw_block}" if dw_block else "")
+
+
+def fused_options(block: int, rows: int, dw_block: int | None = None) -> dict:
+    return {"impl": "fused", "block": block, "rows": rows, **({"dw_block": dw_block} if dw_block else {})}
+
+
 def main_with(cfg: dict) -> list[dict]:
     device = resolve_device(cfg["device"])
     if device.type != "cuda":
@@ -107,8 +115,7 @@ def main_with(cfg: dict) -> list[dict]:
         copy_ms = 1e3 * cuda_median(lambda: y.copy_(x), cfg["warmup"], cfg["repeats"])
         copy_pipelined_ms = 1e3 * cuda_pipelined(lambda: y.copy_(x), cfg["warmup"], cfg["repeats"])
         base = {"length": n, "batch": batch, "copy_ms": copy_ms, "copy_pipelined_ms": copy_pipelined_ms}
-        paths = [("fft", {"impl": "fft"})] + [
-            (f"fused {b}x{r}", {"impl": "fused", "block": b, "rows": r}) for b, r in cfg["tiles"]]
+        paths = [("fft", {"impl": "fft"})] + [(fused_name(*tiles), fused_options(*tiles)) for tiles in cfg["tiles"]]
         for name, options in paths:
             torch.manual_seed(0)
             layer = ToeplitzCausal(cfg["heads"], n).to(device)

@@ -49,6 +49,13 @@ def causal_conv1d_available() -> bool:
     return importlib.util.find_spec("causal_conv1d") is not None
 
 
+def transformers_mamba1_uses_kernels() -> bool:
+    """transformers (5.x) binds its MambaMixer's convolution and scan to causal_conv1d / mamba_ssm
+    whenever those packages import, whatever the device, so its reference path is then unreachable and
+    CPU inputs fail inside causal_conv1d. (Its Mamba2Mixer checks the device first.)"""
+    return any(importlib.util.find_spec(p) is not None for p in ("causal_conv1d", "mamba_ssm"))
+
+
 def _quiet_transformers() -> None:
     """transformers logs a 'falling back to its reference implementation' line per call site."""
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -266,7 +273,8 @@ class MambaMixer(Mixer):
             cfg = MambaConfig(hidden_size=self.d_model, state_size=self.d_state, conv_kernel=self.d_conv,
                               expand=self.expand, time_step_rank=self.dt_rank, time_step_min=dt_min,
                               time_step_max=dt_max, use_bias=False, use_conv_bias=True, num_hidden_layers=1)
-            return HFMamba(cfg, layer_idx=0), "transformers-torch-reference"
+            compiled = transformers_mamba1_uses_kernels()
+            return HFMamba(cfg, layer_idx=0), "transformers-" + ("compiled-kernels" if compiled else "torch-reference")
         from transformers import Mamba2Config
         from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMamba2
 
@@ -287,6 +295,9 @@ class MambaMixer(Mixer):
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
         if self._backend.startswith("mamba_ssm") and not x.is_cuda:
             raise RuntimeError("mamba: built with mamba_ssm kernels, which need CUDA inputs; use impl=torch on CPU")
+        if self._backend == "transformers-compiled-kernels" and not x.is_cuda:
+            raise RuntimeError("mamba: transformers' MambaMixer runs causal_conv1d / mamba_ssm kernels when they are "
+                               "installed, which need CUDA inputs; use impl=torch on CPU")
         return self.inner(x)
 
     @property

@@ -32,6 +32,7 @@ from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_heads_fft
 IMPLS = ("auto", "fused", "fft", "dense")
 FUSED_BLOCK = 64  # the fused kernel's bank tile (its K tile); its FLOPs count whole tiles
 FUSED_ROWS = 128  # rows per output tile of the fused forward and dx kernels
+FUSED_DW_BLOCK = 128  # block products of the fused kernel gradient
 
 
 @lru_cache(maxsize=None)
@@ -63,13 +64,16 @@ class ToeplitzCausal(nn.Module):
         kernel = self.weight[:, :t].flip(-1)[:, None, :]  # (heads, 1, t)
         return (history * kernel.to(history.dtype)).sum(-1) + self.bias[:, None, t - 1].to(history.dtype)
 
-    def forward(self, x: torch.Tensor, impl: str, block: int = FUSED_BLOCK, rows: int = FUSED_ROWS) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, impl: str, block: int = FUSED_BLOCK, rows: int = FUSED_ROWS,
+                dw_block: int = FUSED_DW_BLOCK) -> torch.Tensor:
         """``x (batch, n, heads * channels)`` -> same shape, by ``impl`` (``fused``, ``fft`` or ``dense``;
-        ``block``, ``rows``: the fused kernel's bank tile and output rows per tile)."""
+        ``block``, ``rows``, ``dw_block``: the fused kernel's bank tile, output rows per tile and
+        kernel-gradient block)."""
         if impl == "fused":
             from mixers.ops.toeplitz_triton import toeplitz_fused
 
-            return toeplitz_fused(x, self.weight, self.bias, self.heads, block=block, rows=max(rows, block))
+            return toeplitz_fused(x, self.weight, self.bias, self.heads, block=block, rows=max(rows, block),
+                                  dw_block=dw_block)
         n = x.shape[1]
         bias = self.bias[:, :n].T.repeat_interleave(x.shape[2] // self.heads, dim=1)  # (n, d)
         if impl == "fft":

@@ -228,17 +228,17 @@ def toeplitz_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 class _ToeplitzFused(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, heads, block, rows):
+    def forward(ctx, x, weight, bias, heads, block, rows, dw_block):
         x = x.contiguous()
         y = toeplitz_forward(x, weight, bias, heads, block, rows)
         ctx.save_for_backward(x, weight)
-        ctx.heads, ctx.block, ctx.rows = heads, block, rows
+        ctx.heads, ctx.block, ctx.rows, ctx.dw_block = heads, block, rows, dw_block
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        heads, block, rows = ctx.heads, ctx.block, ctx.rows
+        heads, block, rows, dw_block = ctx.heads, ctx.block, ctx.rows, ctx.dw_block
         max_len = weight.shape[1]
         batch, n, d = x.shape
         e = d // heads
@@ -246,32 +246,34 @@ class _ToeplitzFused(torch.autograd.Function):
         ieee = x.dtype == torch.float32
         bank_t, origin = tile_bank(weight.contiguous(), n, block, x.dtype, rows, reverse=True)
         dx = _apply(dy, bank_t, origin, None, e, rows, reverse=True)
-        num_blocks = triton.cdiv(n, block)
-        block_c = launch_config(e, block, x.dtype)["BLOCK_C"]
+        num_blocks = triton.cdiv(n, dw_block)
+        block_c = min(launch_config(e, dw_block, x.dtype)["BLOCK_C"], 64)
         # Enough programs to fill the GPU (~1024) without a large scratch: split the (b, I) pairs.
         splits = max(1, min(batch * num_blocks, triton.cdiv(1024, heads * num_blocks)))
         pairs_per_split = triton.cdiv(batch * num_blocks, splits)
-        g = torch.zeros(splits, heads, num_blocks, block, block, device=x.device, dtype=torch.float32)
+        g = torch.zeros(splits, heads, num_blocks, dw_block, dw_block, device=x.device, dtype=torch.float32)
         _toeplitz_grad_kernel_blocks[(num_blocks, heads, splits)](
             dy, x, g, n, e, batch, pairs_per_split,
             x.stride(0), x.stride(1), g.stride(0), g.stride(1), g.stride(2),
-            IEEE=ieee, BLOCK=block, BLOCK_C=min(block_c, 64),
+            IEEE=ieee, BLOCK=dw_block, BLOCK_C=block_c,
+            num_warps=8 if dw_block >= 128 else 4, num_stages=2 if ieee else 3,
         )
         dw_n = _diagonal_sums(g.sum(0), n)
         dweight = torch.zeros(heads, max_len, device=x.device, dtype=torch.float32)
         dweight[:, :n] = dw_n
         dbias = torch.zeros_like(dweight)
         dbias[:, :n] = dy.reshape(batch, n, heads, e).sum(dim=(0, 3), dtype=torch.float32).transpose(0, 1)
-        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None, None
+        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None, None, None
 
 
 def toeplitz_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int, block: int = 64,
-                   rows: int | None = None) -> torch.Tensor:
+                   rows: int | None = None, dw_block: int = 128) -> torch.Tensor:
     """``x (batch, n, d_model)``, ``weight, bias (heads, >= n)`` -> ``(batch, n, d_model)``.
 
     Head ``h`` covers channels ``[h e, (h + 1) e)`` with ``e = d_model / heads`` (divisible by 16).
-    ``block``: the bank's tile size (the product's K tile; also the dw kernel's tile); ``rows``: rows
-    per output tile of the forward and dx kernels, a multiple of ``block`` (default 128 or ``block``).
+    ``block``: the bank's tile size (the product's K tile); ``rows``: rows per output tile of the
+    forward and dx kernels, a multiple of ``block`` (default 128 or ``block``); ``dw_block``: the
+    (dw_block x dw_block) block products of the kernel gradient.
     """
     rows = rows or max(block, 128)
     if x.dim() != 3 or x.shape[-1] % heads:
@@ -282,4 +284,6 @@ def toeplitz_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, he
         raise ValueError(f"toeplitz_fused: block must be 16, 32, 64 or 128, got {block}")
     if rows % block or rows > 256:
         raise ValueError(f"toeplitz_fused: rows must be a multiple of block={block} up to 256, got {rows}")
-    return _ToeplitzFused.apply(x, weight, bias, heads, block, rows)
+    if dw_block not in (16, 32, 64, 128):
+        raise ValueError(f"toeplitz_fused: dw_block must be 16, 32, 64 or 128, got {dw_block}")
+    return _ToeplitzFused.apply(x, weight, bias, heads, block, rows, dw_block)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mixers
+from mixers.mamba import transformers_mamba1_uses_kernels
 from mixers.ops.selective_scan import selective_scan_chunked, selective_scan_sequential
 from mixers.ops.ssd import ssd_chunked, ssd_sequential
 
@@ -70,6 +71,8 @@ def test_chunked_selective_scan_gradients_equal_sequential():
         assert torch.allclose(a, b, atol=1e-10)
 
 
+@pytest.mark.skipif(transformers_mamba1_uses_kernels(), reason="transformers' MambaMixer reference path is "
+                    "unreachable where causal_conv1d / mamba_ssm are installed (test_gpu compares with mamba_ssm)")
 @pytest.mark.parametrize("length,chunk", [(1, 256), (21, 5), (40, 256)])
 def test_torch_mamba1_equals_transformers_mamba(length, chunk):
     torch.manual_seed(0)
@@ -93,3 +96,13 @@ def test_mamba1_and_mamba2_are_mamba_with_the_version_fixed():
     with torch.no_grad():
         assert torch.equal(one(x), same(x))
     assert "version" not in mixers.options_of("mamba1") and "version" not in mixers.options_of("mamba2")
+
+
+def test_transformers_mamba1_with_compiled_kernels_refuses_cpu_inputs_clearly(monkeypatch):
+    import mixers.mamba
+
+    monkeypatch.setattr(mixers.mamba, "transformers_mamba1_uses_kernels", lambda: True)
+    mixer = mixers.build("mamba1", 32, 64, impl="transformers", d_state=8)
+    assert mixer.backend == "transformers-compiled-kernels"
+    with pytest.raises(RuntimeError, match="need CUDA inputs; use impl=torch on CPU"):
+        mixer(torch.randn(1, 4, 32))

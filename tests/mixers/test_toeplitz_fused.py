@@ -91,13 +91,14 @@ def test_fused_equals_dense_reference_with_gradients(shape, dtype, tol):
     assert gw[:, n:].abs().max().item() == 0 if max_len > n else True  # unused kernel entries get no gradient
 
 
-@pytest.mark.parametrize("block,rows", [(16, 16), (32, 32), (64, 64), (128, 128), (16, 64), (32, 128), (64, 128)])
-def test_tile_sizes_give_the_same_product(block, rows):
+@pytest.mark.parametrize("block,rows,dw_block", [(16, 16, 16), (32, 32, 32), (64, 64, 64), (128, 128, 128),
+                                                (16, 64, 128), (32, 128, 16), (64, 128, 128)])
+def test_tile_sizes_give_the_same_product(block, rows, dw_block):
     gen = torch.Generator(device=DEVICE).manual_seed(block + rows)
     x = torch.randn(2, 97, 64, device=DEVICE, generator=gen).requires_grad_()
     weight = torch.randn(2, 97, device=DEVICE, generator=gen).requires_grad_()
     bias = torch.randn(2, 97, device=DEVICE, generator=gen).requires_grad_()
-    y = toeplitz_fused(x, weight, bias, 2, block=block, rows=rows)
+    y = toeplitz_fused(x, weight, bias, 2, block=block, rows=rows, dw_block=dw_block)
     gx, gw = torch.autograd.grad(y.square().sum(), (x, weight))
     x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
     ref = reference(x64, w64, bias.detach(), 2)
