@@ -49,10 +49,10 @@ def causal_conv1d_available() -> bool:
     return importlib.util.find_spec("causal_conv1d") is not None
 
 
-def transformers_mamba1_uses_kernels() -> bool:
-    """transformers (5.x) binds its MambaMixer's convolution and scan to causal_conv1d / mamba_ssm
-    whenever those packages import, whatever the device, so its reference path is then unreachable and
-    CPU inputs fail inside causal_conv1d. (Its Mamba2Mixer checks the device first.)"""
+def transformers_mamba_uses_kernels() -> bool:
+    """transformers (5.x) binds its MambaMixer's and Mamba2Mixer's convolution and scan to
+    causal_conv1d / mamba_ssm whenever those packages import, whatever the device, so its reference
+    path is then unreachable and CPU inputs fail inside causal_conv1d (seen on the GPU machine)."""
     return any(importlib.util.find_spec(p) is not None for p in ("causal_conv1d", "mamba_ssm"))
 
 
@@ -273,8 +273,7 @@ class MambaMixer(Mixer):
             cfg = MambaConfig(hidden_size=self.d_model, state_size=self.d_state, conv_kernel=self.d_conv,
                               expand=self.expand, time_step_rank=self.dt_rank, time_step_min=dt_min,
                               time_step_max=dt_max, use_bias=False, use_conv_bias=True, num_hidden_layers=1)
-            compiled = transformers_mamba1_uses_kernels()
-            return HFMamba(cfg, layer_idx=0), "transformers-" + ("compiled-kernels" if compiled else "torch-reference")
+            return HFMamba(cfg, layer_idx=0), self._transformers_backend()
         from transformers import Mamba2Config
         from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMamba2
 
@@ -285,7 +284,11 @@ class MambaMixer(Mixer):
         module = HFMamba2(cfg, layer_idx=0)
         with torch.no_grad():  # mamba_ssm's A initialisation (transformers uses A = 1..heads)
             module.A_log.copy_(torch.empty_like(module.A_log).uniform_(a_min, a_max).log())
-        return module, "transformers-torch-reference"
+        return module, self._transformers_backend()
+
+    @staticmethod
+    def _transformers_backend() -> str:
+        return "transformers-" + ("compiled-kernels" if transformers_mamba_uses_kernels() else "torch-reference")
 
     @property
     def backend(self) -> str:
@@ -296,7 +299,7 @@ class MambaMixer(Mixer):
         if self._backend.startswith("mamba_ssm") and not x.is_cuda:
             raise RuntimeError("mamba: built with mamba_ssm kernels, which need CUDA inputs; use impl=torch on CPU")
         if self._backend == "transformers-compiled-kernels" and not x.is_cuda:
-            raise RuntimeError("mamba: transformers' MambaMixer runs causal_conv1d / mamba_ssm kernels when they are "
+            raise RuntimeError("mamba: transformers' Mamba mixers run causal_conv1d / mamba_ssm kernels when they are "
                                "installed, which need CUDA inputs; use impl=torch on CPU")
         return self.inner(x)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mixers
-from mixers.mamba import transformers_mamba1_uses_kernels
+from mixers.mamba import transformers_mamba_uses_kernels
 
 # Options giving each registered mixer (and notable variants) a small, fast instance.
 MIXER_CASES = {
@@ -33,8 +33,8 @@ MIXER_CASES = {
     "sliding_window_attention-dense": {"heads": 2, "window": 8, "impl": "dense"},
 }
 
-if transformers_mamba1_uses_kernels():
-    # transformers' MambaMixer then runs causal_conv1d / mamba_ssm, which refuse CPU tensors: its
+if transformers_mamba_uses_kernels():
+    # transformers' Mamba mixers then run causal_conv1d / mamba_ssm, which refuse CPU tensors: its
     # reference path, what this case exercises, does not exist here (the GPU machine).
     del MIXER_CASES["mamba-v1"]
 

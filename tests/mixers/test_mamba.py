@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mixers
-from mixers.mamba import transformers_mamba1_uses_kernels
+from mixers.mamba import transformers_mamba_uses_kernels
 from mixers.ops.selective_scan import selective_scan_chunked, selective_scan_sequential
 from mixers.ops.ssd import ssd_chunked, ssd_sequential
 
@@ -26,6 +26,12 @@ def test_chunked_scan_equals_sequential(batch, length, heads, p, groups, n, chun
     assert (fast - ref).abs().max() <= 1e-10 * ref.abs().max()
 
 
+REFERENCE_UNREACHABLE = pytest.mark.skipif(
+    transformers_mamba_uses_kernels(), reason="transformers' Mamba reference paths are unreachable where "
+    "causal_conv1d / mamba_ssm are installed (test_gpu compares the ports with mamba_ssm there)")
+
+
+@REFERENCE_UNREACHABLE
 @pytest.mark.parametrize("length,chunk", [(1, 8), (21, 8), (40, 64)])
 def test_torch_mamba2_equals_transformers_mamba2(length, chunk):
     torch.manual_seed(0)
@@ -41,7 +47,8 @@ def test_backends_share_hyperparameters_and_parameter_count():
     a = mixers.build("mamba", 32, 64, impl="torch", d_state=16, headdim=16)
     b = mixers.build("mamba", 32, 64, impl="transformers", d_state=16, headdim=16)
     assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
-    assert a.backend == "torch-ssd-chunked" and b.backend == "transformers-torch-reference"
+    reference = "compiled-kernels" if transformers_mamba_uses_kernels() else "torch-reference"
+    assert a.backend == "torch-ssd-chunked" and b.backend == f"transformers-{reference}"
 
 
 @pytest.mark.parametrize("batch,length,d,n,chunk", [
@@ -71,8 +78,7 @@ def test_chunked_selective_scan_gradients_equal_sequential():
         assert torch.allclose(a, b, atol=1e-10)
 
 
-@pytest.mark.skipif(transformers_mamba1_uses_kernels(), reason="transformers' MambaMixer reference path is "
-                    "unreachable where causal_conv1d / mamba_ssm are installed (test_gpu compares with mamba_ssm)")
+@REFERENCE_UNREACHABLE
 @pytest.mark.parametrize("length,chunk", [(1, 256), (21, 5), (40, 256)])
 def test_torch_mamba1_equals_transformers_mamba(length, chunk):
     torch.manual_seed(0)
@@ -98,11 +104,12 @@ def test_mamba1_and_mamba2_are_mamba_with_the_version_fixed():
     assert "version" not in mixers.options_of("mamba1") and "version" not in mixers.options_of("mamba2")
 
 
-def test_transformers_mamba1_with_compiled_kernels_refuses_cpu_inputs_clearly(monkeypatch):
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_transformers_mamba_with_compiled_kernels_refuses_cpu_inputs_clearly(monkeypatch, name):
     import mixers.mamba
 
-    monkeypatch.setattr(mixers.mamba, "transformers_mamba1_uses_kernels", lambda: True)
-    mixer = mixers.build("mamba1", 32, 64, impl="transformers", d_state=8)
+    monkeypatch.setattr(mixers.mamba, "transformers_mamba_uses_kernels", lambda: True)
+    mixer = mixers.build(name, 32, 64, impl="transformers", d_state=8, **({"headdim": 16} if name == "mamba2" else {}))
     assert mixer.backend == "transformers-compiled-kernels"
     with pytest.raises(RuntimeError, match="need CUDA inputs; use impl=torch on CPU"):
         mixer(torch.randn(1, 4, 32))
