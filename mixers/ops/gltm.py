@@ -139,7 +139,7 @@ def gltm_blocked(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: lis
             L = v.new_zeros(b, h, Q, Q)
             L[..., in_rows, in_cols] = torch.cat([coef[c][:, :, offs[k]:, k] for k in inner], dim=-1)
             known = unit_lower_solve(L, known)
-        y = y.index_copy(2, front + c * Q + rows, known)
+        y.index_copy_(2, front + c * Q + rows, known)  # in place: a copy of y per block is O(n^2)
     return y[:, :, front:front + n]
 
 
