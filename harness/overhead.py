@@ -26,6 +26,7 @@ import torch
 
 from harness import run
 from harness import train as train_module
+from harness.cli import with_profile
 from harness.config import load, make_model, validate
 from harness.train import lr_factor, masked_cross_entropy, param_groups
 
@@ -68,7 +69,6 @@ def timed_execute(cfg: dict) -> tuple[dict, dict[str, float]]:
 
     def timed_validate(*args, **kwargs):
         task, train_cfg = timer("validate config, build task", validate)(*args, **kwargs)
-        task.eval_sets = timer("data: evaluation sets", task.eval_sets)
         task.train_batch = timer("data: training batches", task.train_batch)
         return task, train_cfg
 
@@ -82,6 +82,7 @@ def timed_execute(cfg: dict) -> tuple[dict, dict[str, float]]:
     real_device = run.run_device
     patches = {"validate": timed_validate, "finished_record": timer("resume check", run.finished_record),
                "make_model": timer("build model", run.make_model), "run_device": timed_device,
+               "evaluation_sets": timer("data: evaluation sets", run.evaluation_sets),
                "environment": timer("environment stamp", run.environment),
                "check_forward": timer("forward check", run.check_forward),
                "train": timer("training loop + evaluation", run.train), "write_atomic": timer("write record", run.write_atomic)}
@@ -173,7 +174,7 @@ def measure(overrides: list[str], repeats: int = 2, with_startup: bool = True) -
         rows.append((name, times.get(name, 0.0)))
     rows.append(("evaluation (learning curve + final)", evaluation))
     rows.append(("training-loop bookkeeping (loss window, FLOPs, timers)*",
-                 loop - evaluation - batches - times.get("data: evaluation sets", 0.0) - pure))
+                 loop - evaluation - batches - pure))
     rows.append(("pure training (bare loop, same batches)", pure))
     rows.append(("= run total (compose to record)", total))
     rows.append(("= harness overhead (total - pure training)", total - pure))
@@ -195,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 2
     if overrides and overrides[0].startswith("--repeats="):
         repeats = int(overrides.pop(0).split("=", 1)[1])
-    if not any(a.split("=")[0] == "train" for a in overrides):
-        overrides.append("train=gpu" if torch.cuda.is_available() else "train=cpu")
+    overrides = with_profile(["overhead", *overrides], "train")[1:]
     rows = measure(overrides, repeats)
     print(f"harness overhead per run (fastest of {repeats}): {' '.join(overrides)} on "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else f'CPU ({torch.get_num_threads()} threads)'}; "
