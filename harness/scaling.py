@@ -127,13 +127,10 @@ def main_with(cfg: dict) -> dict:
     result = {"config": cfg, "environment": environment(device), "variants": {}}
     for name, spec in variants.items():
         rows = measure_variant(name, spec, scfg, device)
-        cls = mixers.mixer_class(variant_options(spec)[0])
-        declared = {"time": cls.time_exponent, "memory": cls.memory_exponent,
-                    "time_complexity": cls.time_complexity, "memory_complexity": cls.memory_complexity}
-        if spec.get("impl") == "dense":
-            declared.update(time=2.0, memory=2.0, time_complexity="O(n^2)", memory_complexity="O(n^2)")
-        if spec.get("impl") == "fused":  # quadratic tiles on tensor cores, nothing but x saved
-            declared.update(time=2.0, time_complexity="O(n^2)")
+        mixer_name, options = variant_options(spec)
+        complexity = mixers.mixer_class(mixer_name).declared_complexity(**options)  # without building it
+        declared = {"time": complexity["time_exponent"], "memory": complexity["memory_exponent"],
+                    "time_complexity": complexity["time_complexity"], "memory_complexity": complexity["memory_complexity"]}
         result["variants"][name] = {"rows": rows, "declared": declared,
                                     "fitted": fitted_slopes(rows, cfg["fit_from"]),
                                     "backend": " / ".join(dict.fromkeys(r["backend"] for r in rows if r["status"] == "ok")) or "-"}

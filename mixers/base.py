@@ -10,6 +10,10 @@ import torch
 from torch import nn
 
 
+# what a dense (n x n) reference implementation costs in training, whatever the mixer
+QUADRATIC = {"time_complexity": "O(n^2)", "time_exponent": 2.0, "memory_complexity": "O(n^2)", "memory_exponent": 2.0}
+
+
 class Mixer(nn.Module):
     """Base class of all registered mixers.
 
@@ -35,6 +39,21 @@ class Mixer(nn.Module):
         super().__init__()
         self.d_model = d_model
         self.max_len = max_len
+
+    @classmethod
+    def declared_complexity(cls, **options) -> dict:
+        """``time_complexity``, ``time_exponent``, ``memory_complexity``, ``memory_exponent`` of a mixer
+        built with these constructor ``options``, without building it (the scaling benchmark asks for
+        variants it cannot build here, e.g. CUDA-only kernels). Mixers whose complexity depends on an
+        option (a dense reference ``impl``, a pattern) override it and declare through it in
+        ``__init__``; options it does not depend on are ignored."""
+        return {"time_complexity": cls.time_complexity, "time_exponent": cls.time_exponent,
+                "memory_complexity": cls.memory_complexity, "memory_exponent": cls.memory_exponent}
+
+    def declare(self, **options) -> None:
+        """Set this instance's complexity attributes from ``declared_complexity(**options)``."""
+        for key, value in self.declared_complexity(**options).items():
+            setattr(self, key, value)
 
     @property
     def backend(self) -> str:

@@ -61,8 +61,8 @@ class Based(Mixer):
             raise ValueError(f"based: impl must be 'chunked' or 'recurrent', got {impl!r}")
         self.feature_dim, self.heads, self.head_dim, self.eps = feature_dim, heads, d_model // heads, eps
         self.window, self.chunk_size, self.impl = window, chunk_size, impl
+        self.declare(window=window)
         if window == 0:  # linear attention alone
-            self.time_complexity = self.memory_complexity = "O(n)"
             self.state_complexity = "O(1)"
         self.q_proj = nn.Linear(d_model, feature_dim * heads, bias=False)
         self.k_proj = nn.Linear(d_model, feature_dim * heads, bias=False)
@@ -70,6 +70,14 @@ class Based(Mixer):
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
         self.window_attention = (SlidingWindowAttention(d_model, max_len, window=window, heads=heads,
                                                         rope_base=rope_base) if window > 0 else None)
+
+
+    @classmethod
+    def declared_complexity(cls, window: int = 64, **_) -> dict:
+        declared = super().declared_complexity()
+        if window == 0:  # linear attention alone
+            declared.update(time_complexity="O(n)", memory_complexity="O(n)")
+        return declared
 
     @property
     def backend(self) -> str:

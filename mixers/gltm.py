@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as TF
 
 from mixers import register
-from mixers.base import Mixer
+from mixers.base import QUADRATIC, Mixer
 from mixers.ops import flops as F
 from mixers.ops.gltm import PATTERNS, blocked_steps, gltm_blocked, gltm_dense, gltm_step, offsets, solve_products
 
@@ -67,16 +67,19 @@ class GeneralizedLinearTokenMixing(Mixer):
             raise ValueError(f"gltm: impl must be 'blocked' or 'dense', got {impl!r}")
         self.pattern, self.heads, self.head_dim, self.block_size, self.impl = pattern, heads, d_model // heads, block_size, impl
         self.offsets = offsets(pattern, max_len)
-        self.time_complexity, self.time_exponent = COMPLEXITY[pattern]
-        self.memory_complexity, self.memory_exponent = COMPLEXITY[pattern]
+        self.declare(pattern=pattern, impl=impl)
         self.state_complexity = "O(n) kept, " + ("O(log n)" if pattern == "power2" else "O(sqrt n)") + " read per token"
-        if impl == "dense":  # the reference materialises (n x n) matrices
-            self.time_complexity, self.memory_complexity = "O(n^2)", "O(n^2)"
-            self.time_exponent = self.memory_exponent = 2.0
         K = len(self.offsets)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.coef_proj = nn.Linear(d_model, (K + 1) * heads, bias=True)  # rows (k h): a, then beta_k, per head
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    @classmethod
+    def declared_complexity(cls, pattern: str = "power2", impl: str = "blocked", **_) -> dict:
+        if impl == "dense":  # the reference materialises (n x n) matrices
+            return dict(QUADRATIC)
+        (time, t_exp), (memory, m_exp) = COMPLEXITY[pattern], COMPLEXITY[pattern]
+        return {"time_complexity": time, "time_exponent": t_exp, "memory_complexity": memory, "memory_exponent": m_exp}
 
     @property
     def backend(self) -> str:

@@ -16,7 +16,7 @@ from torch.nn import functional as TF
 
 from mixers import register
 from mixers.attention import rotary_qkv
-from mixers.base import Mixer
+from mixers.base import QUADRATIC, Mixer
 from mixers.ops import flops as F
 from mixers.ops.sliding_window import sliding_window_blocked, sliding_window_dense
 
@@ -51,11 +51,13 @@ class SlidingWindowAttention(Mixer):
             raise ValueError(f"sliding_window_attention: impl must be 'blocked' or 'dense', got {impl!r}")
         self.window, self.heads, self.head_dim, self.rope_base = window, heads, d_model // heads, rope_base
         self.bias, self.impl = bias, impl
-        if impl == "dense":
-            self.time_complexity, self.memory_complexity = "O(n^2)", "O(n^2)"
-            self.time_exponent = self.memory_exponent = 2.0
+        self.declare(impl=impl)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    @classmethod
+    def declared_complexity(cls, impl: str = "blocked", **_) -> dict:
+        return dict(QUADRATIC) if impl == "dense" else super().declared_complexity()  # dense: the (n x n) reference
 
     @property
     def backend(self) -> str:

@@ -25,7 +25,7 @@ from einops import rearrange
 from torch import nn
 
 from mixers import register
-from mixers.base import Mixer
+from mixers.base import QUADRATIC, Mixer
 from mixers.ops import flops as F
 from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_heads_fft
 
@@ -127,11 +127,7 @@ class ToeplitzMixer(Mixer):
                 f"(d_model={d_model}, heads={heads}, triton+cuda={triton_available()}); use impl=auto or fft"
             )
         self.heads, self.projections, self.expanded, self.impl = heads, projections, expanded, impl
-        if impl == "dense":  # the reference materialises the (n x n) matrix
-            self.time_complexity, self.memory_complexity = "O(n^2)", "O(n^2)"
-            self.time_exponent = self.memory_exponent = 2.0
-        if impl == "fused":  # block-Toeplitz tiles on tensor cores: quadratic work, linear memory
-            self.time_complexity, self.time_exponent = "O(n^2)", 2.0
+        self.declare(impl=impl)
         self._fusable, self.fused_max_len = fusable, fused_max_len
         self.toeplitz = ToeplitzCausal(heads, max_len)
         if expanded:
@@ -143,6 +139,15 @@ class ToeplitzMixer(Mixer):
             for proj in (self.in_proj, self.out_proj):
                 nn.init.kaiming_normal_(proj.weight)
                 nn.init.zeros_(proj.bias)
+
+    @classmethod
+    def declared_complexity(cls, impl: str = "auto", **_) -> dict:
+        declared = super().declared_complexity()
+        if impl == "dense":  # the reference materialises the (n x n) matrix
+            declared.update(QUADRATIC)
+        if impl == "fused":  # block-Toeplitz tiles on tensor cores: quadratic work, linear memory
+            declared.update(time_complexity="O(n^2)", time_exponent=2.0)
+        return declared
 
     def _path(self, length: int | None = None) -> str:
         """The implementation that runs on the parameters' current device at ``length`` (None: any

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mixers import register
-from mixers.base import Mixer
+from mixers.base import QUADRATIC, Mixer
 from mixers.ops import flops as F
 from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_fft, kernel_spectrum
 
@@ -84,13 +84,15 @@ class ToeplitzNeuralNetwork(Mixer):
             raise ValueError(f"tnn: gamma must be in (0, 1], got {gamma}")
         self.channels = int(expand_ratio * d_model)
         self.rpe_dim, self.rpe_layers, self.gamma, self.bias, self.impl = rpe_dim, rpe_layers, gamma, bias, impl
-        if impl == "dense":  # the reference materialises the (n x n) matrix
-            self.time_complexity, self.memory_complexity = "O(n^2)", "O(n^2)"
-            self.time_exponent = self.memory_exponent = 2.0
+        self.declare(impl=impl)
         self.u_proj = nn.Linear(d_model, self.channels, bias=bias)
         self.v_proj = nn.Linear(d_model, self.channels, bias=bias)
         self.rpe = RelativePositionEncoder(self.channels, rpe_dim, rpe_layers, rpe_activation, bias)
         self.o = nn.Linear(self.channels, d_model, bias=bias)
+
+    @classmethod
+    def declared_complexity(cls, impl: str = "fft", **_) -> dict:
+        return dict(QUADRATIC) if impl == "dense" else super().declared_complexity()  # dense: the (n x n) reference
 
     @property
     def backend(self) -> str:

@@ -20,6 +20,7 @@ VARIANTS = {
     "mamba2": {"mixer": "mamba2", "impl": "torch", "d_state": 16, "headdim": 16, "chunk_size": 16},
     "tnn": {"mixer": "tnn"},
     "gltm": {"mixer": "gltm"},
+    "gltm-square": {"mixer": "gltm", "pattern": "square"},  # declared from the class without building it
     "linear_attention": {"mixer": "linear_attention"},
     "gla": {"mixer": "gla"},
     "based": {"mixer": "based"},

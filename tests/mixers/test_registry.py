@@ -36,3 +36,20 @@ def test_contract(case):
     assert mixer.flops(64) == pytest.approx(sum(terms.values())) and mixer.flops(64) > 0
     assert mixer.flops(64) > mixer.flops(32)
     assert mixer(torch.randn(2, 5, 16)).shape == (2, 5, 16)
+
+
+@pytest.mark.parametrize("case", sorted(MIXER_CASES))
+def test_declared_complexity_without_building_matches_the_instance(case):
+    """The scaling benchmark declares variants it cannot build (CUDA-only kernels) from the class."""
+    mixer = mixers.build(case_mixer(case), 16, 64, **MIXER_CASES[case])
+    declared = type(mixer).declared_complexity(**MIXER_CASES[case])
+    assert declared == {key: getattr(mixer, key) for key in declared}
+
+
+def test_declared_complexity_follows_the_options():
+    tmm = mixers.mixer_class("tmm")
+    assert tmm.declared_complexity()["time_exponent"] == 1.0
+    assert tmm.declared_complexity(impl="fused")["time_complexity"] == "O(n^2)"
+    assert tmm.declared_complexity(impl="fused")["memory_exponent"] == 1.0
+    assert tmm.declared_complexity(impl="dense")["memory_exponent"] == 2.0
+    assert mixers.mixer_class("gltm").declared_complexity(pattern="square")["time_exponent"] == 1.5
