@@ -11,7 +11,8 @@ i.e. ``A = diag(a)`` and ``B[t, t - f(k)] = beta_{t,k}``. Offsets: ``f(k) = 2^k`
 - ``gltm_dense``: the reference, builds the (length x length) matrices and calls
   ``torch.linalg.solve_triangular`` (O(n^2) memory).
 - ``gltm_sequential``: forward substitution one position at a time (the decoding step).
-- ``gltm_blocked``: the fast path, forward substitution by blocks of ``block_size`` positions:
+- ``gltm_blocked``: the fast path, forward substitution by blocks of ``block_size`` positions
+  (``blocked_solve``), and the same solve backwards in time for the gradients:
   the terms reaching earlier blocks are gathered from their outputs in one index and summed by one
   batched product; the terms inside the block form a small unit lower triangular system, solved
   with dense products ((I - L)^{-1} = prod (I + L^(2^j)): batched LAPACK solves of many small
@@ -26,6 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as TF
 
 PATTERNS = {"power2": lambda k: 2 ** k, "square": lambda k: k * k + 1}
@@ -103,16 +105,15 @@ def unit_lower_solve(L: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         power = power @ power
 
 
-def gltm_blocked(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int],
-                 block_size: int) -> torch.Tensor:
-    """Fast path: equal to ``gltm_dense`` in ``length / block_size`` sequential block steps.
+def blocked_solve(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int] | tuple[int, ...],
+                  block_size: int) -> torch.Tensor:
+    """The solve of ``gltm_blocked`` without autograd (it writes a buffer in place), in ``length /
+    block_size`` sequential block steps; inputs in one dtype.
 
     The outputs go into a buffer with ``max(offs)`` zero rows in front, so the sources of every
     term of a block are one gather (rows of this block are still zero there: their terms are the
     block's own system). That system is solved by ``unit_lower_solve``: products only.
     """
-    ct = compute_dtype(a, beta, v)
-    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
     b, h, n, p = v.shape
     if not offs:  # B = 0
         return a[..., None] * v
@@ -139,8 +140,52 @@ def gltm_blocked(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: lis
             L = v.new_zeros(b, h, Q, Q)
             L[..., in_rows, in_cols] = torch.cat([coef[c][:, :, offs[k]:, k] for k in inner], dim=-1)
             known = unit_lower_solve(L, known)
-        y.index_copy_(2, front + c * Q + rows, known)  # in place: a copy of y per block is O(n^2)
+        y.index_copy_(2, front + c * Q + rows, known)  # in place: a copy of y per block would be O(n^2)
     return y[:, :, front:front + n]
+
+
+class _BlockedSolve(torch.autograd.Function):
+    """``blocked_solve`` with its adjoint as the backward: saves the inputs and ``y`` (O(n (K + p))),
+    not autograd's per-block gathers, whose gradients would each be a buffer as long as the sequence.
+
+    With ``ybar`` the gradient reaching each output through all later ones,
+    ``ybar_s = g_s + sum_k beta_{s + f(k), k} ybar_{s + f(k)}``: the same kind of solve run backwards
+    in time (coefficients shifted by their offset). Then ``grad beta_{t,k} = ybar_t . y_{t - f(k)}``,
+    ``grad a_t = ybar_t . v_t`` and ``grad v_t = a_t ybar_t``.
+    """
+
+    @staticmethod
+    def forward(ctx, a, beta, v, offs, block_size):
+        y = blocked_solve(a, beta, v, offs, block_size)
+        ctx.save_for_backward(a, beta, v, y)
+        ctx.offs, ctx.block_size = offs, block_size
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        a, beta, v, y = ctx.saved_tensors
+        n = v.shape[2]
+        live = [(k, f) for k, f in enumerate(ctx.offs) if f < n]
+        shifted = torch.zeros_like(beta)  # shifted[s, k] = beta[s + f(k), k]
+        for k, f in live:
+            shifted[:, :, : n - f, k] = beta[:, :, f:, k]
+        ybar = blocked_solve(torch.ones_like(a), shifted.flip(2), grad_y.flip(2), ctx.offs, ctx.block_size).flip(2)
+        grad_beta = torch.zeros_like(beta)
+        for k, f in live:
+            grad_beta[:, :, f:, k] = (ybar[:, :, f:] * y[:, :, : n - f]).sum(-1)
+        return (ybar * v).sum(-1), grad_beta, a[..., None] * ybar, None, None
+
+
+def gltm_blocked(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int],
+                 block_size: int) -> torch.Tensor:
+    """Fast path: equal to ``gltm_dense`` (values and gradients) in ``length / block_size``
+    sequential block steps, forward and backward; O(n (K + p)) saved for backward."""
+    ct = compute_dtype(a, beta, v)
+    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
+    if not offs:  # B = 0
+        return a[..., None] * v
+    return _BlockedSolve.apply(a, beta, v, tuple(offs), block_size)
 
 
 def blocked_steps(length: int, block_size: int) -> tuple[int, int]:
