@@ -19,15 +19,15 @@ saved for backward, so activation memory is O(n d) like the input itself.
 Backward:
 - ``dx = T_h^T dy``: the same kernel walking the anti-causal direction.
 - ``dw[h, k] = sum_{b, c in h, i} dy[b, i, c] x[b, i - k, c]``: the block products
-  ``G[h, delta] = sum_{b, I} dy[b, I-block, h]  x[b, (I - delta)-block, h]^T`` (BLOCK x BLOCK each,
-  one per block offset ``delta``) on tensor cores, then each G's diagonal sums are scattered into
+  ``G[h, delta] = sum_{b, I} dy[b, I-block, h]  x[b, (I - delta)-block, h]^T`` (DW_BLOCK x DW_BLOCK
+  each, one per block offset ``delta``; its own block size, 128 by default) on tensor cores, then each G's diagonal sums are scattered into
   ``dw`` (``_diagonal_sums``; negative offsets, the non-causal part, are dropped).
 - ``dbias[h, i] = sum_{b, c in h} dy[b, i, c]``.
 
 Time is O(n^2 d / tensor-core rate): it beats the O(n log n) FFT path while the quadratic term is
 cheap on tensor cores; ``mixers/ops/TOEPLITZ_KERNEL.md`` keeps each version's prediction and
 measurement, and the crossover. Importing this module needs ``triton``; callers check
-``available()`` first. With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (tests).
+``mixers.tmm.triton_available()`` first. With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (tests).
 """
 from __future__ import annotations
 
