@@ -150,6 +150,7 @@ def tune_forward(cfg: dict, device: torch.device, dtype: torch.dtype) -> pd.Data
     from mixers.ops.toeplitz_triton import _apply, tile_bank, toeplitz_forward
 
     grid = cfg["tune"]
+    e = cfg["d_model"] // cfg["heads"]
     rows = []
     for n in grid["lengths"]:
         batch = max(1, cfg["tokens_per_batch"] // n)
@@ -168,7 +169,6 @@ def tune_forward(cfg: dict, device: torch.device, dtype: torch.dtype) -> pd.Data
             launch = {"BLOCK_C": channels, "num_warps": warps, "num_stages": stages}
             call = lambda: toeplitz_forward(x, weight, bias, cfg["heads"], block, tile_rows, **launch)  # noqa: E731
             bank, origin = tile_bank(weight, n, block, dtype, tile_rows)
-            e = cfg["d_model"] // cfg["heads"]
             kernel = lambda: _apply(x, bank, origin, bias, e, tile_rows, False, **launch)  # noqa: E731
             try:
                 ms = 1e3 * cuda_median(call, cfg["warmup"], cfg["repeats"])

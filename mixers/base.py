@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 
-# what a dense (n x n) reference implementation costs in training, whatever the mixer
+# what a dense (n x n) reference implementation (``impl="dense"``) costs in training, whatever the mixer
 QUADRATIC = {"time_complexity": "O(n^2)", "time_exponent": 2.0, "memory_complexity": "O(n^2)", "memory_exponent": 2.0}
 
 
@@ -41,12 +41,15 @@ class Mixer(nn.Module):
         self.max_len = max_len
 
     @classmethod
-    def declared_complexity(cls, **options) -> dict:
+    def declared_complexity(cls, impl: str | None = None, **options) -> dict:
         """``time_complexity``, ``time_exponent``, ``memory_complexity``, ``memory_exponent`` of a mixer
         built with these constructor ``options``, without building it (the scaling benchmark asks for
-        variants it cannot build here, e.g. CUDA-only kernels). Mixers whose complexity depends on an
-        option (a dense reference ``impl``, a pattern) override it and declare through it in
-        ``__init__``; options it does not depend on are ignored."""
+        variants it cannot build here, e.g. CUDA-only kernels). ``impl="dense"`` is every mixer's
+        masked (n x n) reference: ``QUADRATIC``. Mixers whose complexity depends on another option
+        (a kernel, a pattern, a window) override it; all declare through it in ``__init__``
+        (``declare``). Options it does not depend on are ignored."""
+        if impl == "dense":
+            return dict(QUADRATIC)
         return {"time_complexity": cls.time_complexity, "time_exponent": cls.time_exponent,
                 "memory_complexity": cls.memory_complexity, "memory_exponent": cls.memory_exponent}
 

@@ -71,7 +71,6 @@ class Based(Mixer):
         self.window_attention = (SlidingWindowAttention(d_model, max_len, window=window, heads=heads,
                                                         rope_base=rope_base) if window > 0 else None)
 
-
     @classmethod
     def declared_complexity(cls, window: int = 64, **_) -> dict:
         declared = super().declared_complexity()

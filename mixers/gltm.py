@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as TF
 
 from mixers import register
-from mixers.base import QUADRATIC, Mixer
+from mixers.base import Mixer
 from mixers.ops import flops as F
 from mixers.ops.gltm import PATTERNS, blocked_steps, gltm_blocked, gltm_dense, gltm_step, offsets, solve_products
 
@@ -76,10 +76,11 @@ class GeneralizedLinearTokenMixing(Mixer):
 
     @classmethod
     def declared_complexity(cls, pattern: str = "power2", impl: str = "blocked", **_) -> dict:
-        if impl == "dense":  # the reference materialises (n x n) matrices
-            return dict(QUADRATIC)
-        (time, t_exp), (memory, m_exp) = COMPLEXITY[pattern], COMPLEXITY[pattern]
-        return {"time_complexity": time, "time_exponent": t_exp, "memory_complexity": memory, "memory_exponent": m_exp}
+        if impl == "dense":
+            return super().declared_complexity(impl=impl)
+        complexity, exponent = COMPLEXITY[pattern]  # time and memory alike
+        return {"time_complexity": complexity, "time_exponent": exponent,
+                "memory_complexity": complexity, "memory_exponent": exponent}
 
     @property
     def backend(self) -> str:

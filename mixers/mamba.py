@@ -53,7 +53,7 @@ def transformers_mamba_uses_kernels() -> bool:
     """transformers (5.x) binds its MambaMixer's and Mamba2Mixer's convolution and scan to
     causal_conv1d / mamba_ssm whenever those packages import, whatever the device, so its reference
     path is then unreachable and CPU inputs fail inside causal_conv1d (seen on the GPU machine)."""
-    return any(importlib.util.find_spec(p) is not None for p in ("causal_conv1d", "mamba_ssm"))
+    return causal_conv1d_available() or importlib.util.find_spec("mamba_ssm") is not None
 
 
 def _quiet_transformers() -> None:
@@ -296,11 +296,10 @@ class MambaMixer(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
-        if self._backend.startswith("mamba_ssm") and not x.is_cuda:
-            raise RuntimeError("mamba: built with mamba_ssm kernels, which need CUDA inputs; use impl=torch on CPU")
-        if self._backend == "transformers-compiled-kernels" and not x.is_cuda:
-            raise RuntimeError("mamba: transformers' Mamba mixers run causal_conv1d / mamba_ssm kernels when they are "
-                               "installed, which need CUDA inputs; use impl=torch on CPU")
+        compiled = self._backend.startswith("mamba_ssm") or self._backend == "transformers-compiled-kernels"
+        if compiled and not x.is_cuda:
+            raise RuntimeError(f"mamba: backend {self._backend} runs mamba_ssm / causal_conv1d kernels, which need "
+                               "CUDA inputs; use impl=torch on CPU")
         return self.inner(x)
 
     @property

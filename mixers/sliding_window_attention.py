@@ -16,7 +16,7 @@ from torch.nn import functional as TF
 
 from mixers import register
 from mixers.attention import rotary_qkv
-from mixers.base import QUADRATIC, Mixer
+from mixers.base import Mixer
 from mixers.ops import flops as F
 from mixers.ops.sliding_window import sliding_window_blocked, sliding_window_dense
 
@@ -54,10 +54,6 @@ class SlidingWindowAttention(Mixer):
         self.declare(impl=impl)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
-
-    @classmethod
-    def declared_complexity(cls, impl: str = "blocked", **_) -> dict:
-        return dict(QUADRATIC) if impl == "dense" else super().declared_complexity()  # dense: the (n x n) reference
 
     @property
     def backend(self) -> str:

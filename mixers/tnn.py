@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mixers import register
-from mixers.base import QUADRATIC, Mixer
+from mixers.base import Mixer
 from mixers.ops import flops as F
 from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_fft, kernel_spectrum
 
@@ -89,10 +89,6 @@ class ToeplitzNeuralNetwork(Mixer):
         self.v_proj = nn.Linear(d_model, self.channels, bias=bias)
         self.rpe = RelativePositionEncoder(self.channels, rpe_dim, rpe_layers, rpe_activation, bias)
         self.o = nn.Linear(self.channels, d_model, bias=bias)
-
-    @classmethod
-    def declared_complexity(cls, impl: str = "fft", **_) -> dict:
-        return dict(QUADRATIC) if impl == "dense" else super().declared_complexity()  # dense: the (n x n) reference
 
     @property
     def backend(self) -> str:

@@ -182,10 +182,7 @@ def gltm_blocked(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: lis
     """Fast path: equal to ``gltm_dense`` (values and gradients) in ``length / block_size``
     sequential block steps, forward and backward; O(n (K + p)) saved for backward."""
     ct = compute_dtype(a, beta, v)
-    a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
-    if not offs:  # B = 0
-        return a[..., None] * v
-    return _BlockedSolve.apply(a, beta, v, tuple(offs), block_size)
+    return _BlockedSolve.apply(a.to(ct), beta.to(ct), v.to(ct), tuple(offs), block_size)
 
 
 def blocked_steps(length: int, block_size: int) -> tuple[int, int]:

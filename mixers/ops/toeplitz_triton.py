@@ -125,6 +125,7 @@ def tile_bank(
     heads = weight.shape[0]
     bank = torch.empty(heads, tiles, block, block, device=weight.device, dtype=dtype)
     origin = last if reverse else r - 1
+    weight = weight.contiguous()  # the kernel reads w[h, k] at h stride(0) + k
     _tile_bank_kernel[(tiles, heads)](weight, bank, n, origin, weight.stride(0), REVERSE=reverse, BLOCK=block)
     return bank, origin
 
@@ -220,7 +221,6 @@ def toeplitz_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      rows: int, **override) -> torch.Tensor:
     """The forward product alone, no autograd: ``x (batch, n, d)`` contiguous -> ``(batch, n, d)``."""
     n, d = x.shape[1], x.shape[2]
-    weight = weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     bank, origin = tile_bank(weight, n, block, x.dtype, rows)
     return _apply(x, bank, origin, bias, d // heads, rows, reverse=False, **override)
@@ -244,7 +244,7 @@ class _ToeplitzFused(torch.autograd.Function):
         e = d // heads
         dy = dy.contiguous()
         ieee = x.dtype == torch.float32
-        bank_t, origin = tile_bank(weight.contiguous(), n, block, x.dtype, rows, reverse=True)
+        bank_t, origin = tile_bank(weight, n, block, x.dtype, rows, reverse=True)
         dx = _apply(dy, bank_t, origin, None, e, rows, reverse=True)
         num_blocks = triton.cdiv(n, dw_block)
         block_c = min(launch_config(e, dw_block, x.dtype)["BLOCK_C"], 64)
