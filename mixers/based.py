@@ -7,7 +7,12 @@ feature map ``phi(x) = [1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))]`` with d
 ``phi(q) . phi(k) = 1 + q.k / sqrt(d) + (q.k)^2 / (2 d)``, the Taylor expansion of exp(q.k / sqrt(d))),
 normalised causal linear attention ``phi(q_t) S_t / (phi(q_t) . z_t + eps)`` through the chunked
 form of ``mixers/ops/linear_attention.py`` (``impl=recurrent``: the token-by-token reference), and an
-output projection.
+output projection. On CUDA, fla's kernels compute the same kernel value and normaliser from the
+projected q, k (``mixers/ops/fla_kernels.py``): ``impl=fla`` through fla's Taylor features and its
+chunked linear-attention kernel (O(n)), ``fla_parallel`` fla's ``parallel_based`` (O(n^2) work, the
+default of fla's ``BasedLinearAttention``), ``fla_fused_chunk`` fla's ``fused_chunk_based``
+(feature_dim <= 16); ``impl=auto`` is ``fla`` on CUDA inputs where fla imports, ``chunked``
+otherwise. Every path has the same parameters; decoding state is formed with this file's features.
 
 Sliding-window branch: ``mixers/sliding_window_attention.py`` with ``window`` (64) positions.
 The paper builds a model from separate layers (Taylor linear attention, sliding-window attention
@@ -27,6 +32,7 @@ from torch import nn
 from mixers import register
 from mixers.base import Mixer
 from mixers.linear_attention import chunked_flops, normalised
+from mixers.ops import fla_kernels
 from mixers.ops import flops as F
 from mixers.ops.linear_attention import linear_attention_chunked, linear_attention_recurrent, linear_attention_step
 from mixers.sliding_window_attention import SlidingWindowAttention
@@ -37,6 +43,13 @@ def taylor_features(x: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1]
     outer = (x[..., :, None] * x[..., None, :]).flatten(-2) / (math.sqrt(2.0) * math.sqrt(d))
     return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, outer], dim=-1)
+
+
+IMPLS = ("auto", "chunked", "recurrent", "fla", "fla_parallel", "fla_fused_chunk")
+FLA_OPS = {"fla": fla_kernels.based_chunk, "fla_parallel": fla_kernels.based_parallel,
+           "fla_fused_chunk": fla_kernels.based_fused_chunk}
+FLA_MAX_FEATURE_DIM = {"fla_parallel": 128, "fla_fused_chunk": 16}  # what fla's kernels accept
+FLA_BACKENDS = {"fla": "fla-chunk", "fla_parallel": "fla-parallel", "fla_fused_chunk": "fla-fused_chunk"}
 
 
 @register("based")
@@ -50,18 +63,24 @@ class Based(Mixer):
     state_complexity = "O(w)"
     state_exponent = 0.0
     paper = "Arora et al. 2024, Simple linear attention language models balance the recall-throughput tradeoff (arXiv 2402.18668)"
-    backends = ("torch-chunked+sdpa-blocked", "torch-recurrent+sdpa-blocked")
+    backends = ("fla-chunk+sdpa-blocked", "fla-parallel+sdpa-blocked", "fla-fused_chunk+sdpa-blocked",
+                "torch-chunked+sdpa-blocked", "torch-recurrent+sdpa-blocked")
 
     def __init__(self, d_model: int, max_len: int, feature_dim: int = 16, heads: int = 4, eps: float = 1e-12,
-                 window: int = 64, rope_base: float = 10000.0, chunk_size: int = 64, impl: str = "chunked"):
+                 window: int = 64, rope_base: float = 10000.0, chunk_size: int = 64, impl: str = "auto"):
         super().__init__(d_model, max_len)
         if heads < 1 or d_model % heads:
             raise ValueError(f"based: d_model={d_model} is not divisible by heads={heads}")
-        if impl not in ("chunked", "recurrent"):
-            raise ValueError(f"based: impl must be 'chunked' or 'recurrent', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"based: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        if impl in FLA_OPS:
+            fla_kernels.require_fla("based", impl)
+        if feature_dim > FLA_MAX_FEATURE_DIM.get(impl, feature_dim):
+            raise ValueError(f"based: impl={impl} takes feature_dim <= {FLA_MAX_FEATURE_DIM[impl]} (fla's kernel), "
+                             f"got feature_dim={feature_dim}")
         self.feature_dim, self.heads, self.head_dim, self.eps = feature_dim, heads, d_model // heads, eps
         self.window, self.chunk_size, self.impl = window, chunk_size, impl
-        self.declare(window=window)
+        self.declare(window=window, impl=impl)
         if window == 0:  # linear attention alone
             self.state_complexity = "O(1)"
         self.q_proj = nn.Linear(d_model, feature_dim * heads, bias=False)
@@ -72,15 +91,30 @@ class Based(Mixer):
                                                         rope_base=rope_base) if window > 0 else None)
 
     @classmethod
-    def declared_complexity(cls, window: int = 64, **_) -> dict:
+    def declared_complexity(cls, window: int = 64, impl: str = "auto", **_) -> dict:
         declared = super().declared_complexity()
         if window == 0:  # linear attention alone
             declared.update(time_complexity="O(n)", memory_complexity="O(n)")
+        if impl == "fla_parallel":  # every (query, key) pair's kernel value: quadratic work, linear memory
+            declared.update(time_complexity="O(n^2)", time_exponent=2.0)
         return declared
+
+    def _path(self, device: torch.device) -> str:
+        """The implementation of the linear-attention branch that runs for inputs on ``device``."""
+        if self.impl != "auto":
+            return self.impl
+        return "fla" if device.type == "cuda" and fla_kernels.fla_unavailable() is None else "chunked"
 
     @property
     def backend(self) -> str:
-        return f"torch-{self.impl}" + ("+sdpa-blocked" if self.window_attention is not None else "")
+        path = self._path(self.o_proj.weight.device)
+        return FLA_BACKENDS.get(path, f"torch-{path}") + ("+sdpa-blocked" if self.window_attention is not None else "")
+
+    def _fla_linear(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """The linear-attention branch through fla's kernel ``path``: ``x (b, n, d)`` -> ``(b, n, d)``."""
+        fla_kernels.require_cuda_input("based", self.impl, x)
+        q, k, v = (rearrange(proj(x), "b n (h e) -> b n h e", h=self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        return self.o_proj(rearrange(FLA_OPS[path](q, k, v, self.eps), "b n h e -> b n (h e)"))
 
     def _features(self, x: torch.Tensor, pattern: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """phi(q), phi(k) ``(..., heads, 1 + f + f^2)`` and v with a ones column, heads split by ``pattern``."""
@@ -91,17 +125,27 @@ class Based(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
+        path = self._path(x.device)
+        if path in FLA_OPS:  # training: no decoding state
+            y = self._fla_linear(x, path)
+            return y if self.window_attention is None else y + self.window_attention(x)
         return self.prefill(x)[0]
 
     supports_decode = True
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        path = self._path(x.device)
         q, k, v = self._features(x, "b n (h e) -> b h n e")
-        if self.impl == "chunked":
-            o, kv = linear_attention_chunked(q, k, v, chunk_size=self.chunk_size)
+        if path in FLA_OPS:  # fla's output; the state S, z from these features (one product)
+            y = self._fla_linear(x, path)
+            ct = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+            kv = (k.to(ct).transpose(-1, -2) @ v.to(ct)).to(v.dtype)
         else:
-            o, kv = linear_attention_recurrent(q, k, v)
-        y = self.o_proj(rearrange(normalised(o, self.eps), "b h n e -> b n (h e)"))
+            if path == "chunked":
+                o, kv = linear_attention_chunked(q, k, v, chunk_size=self.chunk_size)
+            else:
+                o, kv = linear_attention_recurrent(q, k, v)
+            y = self.o_proj(rearrange(normalised(o, self.eps), "b h n e -> b n (h e)"))
         state = {"kv": kv}
         if self.window_attention is not None:
             y_window, state["window"] = self.window_attention.prefill(x)
@@ -129,7 +173,11 @@ class Based(Mixer):
         terms = {"matmul": 2 * F.linear(n, d, f * h) + 2 * F.linear(n, d, d), "scan": 0.0,
                  # Taylor features of q and k (outer product, two scalings), normalisation
                  "elementwise": 2.0 * n * h * (2.0 * f * f + f) + 2.0 * n * d}
-        if self.impl == "chunked":
+        if self.impl == "fla_parallel":  # every causal pair: q.k, 1 + s + s^2 / 2 (4), kernel x [v, 1]
+            pairs = h * n * (n + 1) / 2.0
+            terms["attention"] = pairs * (2.0 * f + 2.0 * (self.head_dim + 1))
+            terms["elementwise"] += 4.0 * pairs
+        elif self.impl != "recurrent":  # chunked, and fla's chunked kernels
             for key, value in chunked_flops(n, h, D, self.head_dim + 1, self.chunk_size, gated=False).items():
                 terms[key] = terms.get(key, 0.0) + value
         else:

@@ -12,7 +12,10 @@ projection whose log-sigmoid is divided by ``gate_logit_normalizer`` (16), a per
 the output then an output gate ``swish(x W_r)``, and an output projection; linear layers without
 bias except the gate's second, initialised normal(0, 0.02) as in fla's GLA models.
 ``impl=chunked`` runs the chunkwise-parallel form with secondary chunking of
-``mixers/ops/linear_attention.py``; ``impl=recurrent`` the token-by-token recurrence.
+``mixers/ops/linear_attention.py``; ``impl=recurrent`` the token-by-token recurrence; ``impl=fla``
+fla's ``chunk_gla`` Triton kernel (``mixers/ops/fla_kernels.py``; CUDA, fla picks its own chunk of
+at most 64 tokens); ``impl=auto`` fla on CUDA inputs where fla imports, ``chunked`` otherwise. Every
+path has the same parameters (state dicts load across them) and computes the same function.
 """
 from __future__ import annotations
 
@@ -24,8 +27,12 @@ from torch.nn import functional as TF
 from mixers import register
 from mixers.base import Mixer
 from mixers.linear_attention import chunked_flops
+from mixers.ops import fla_kernels
 from mixers.ops import flops as F
 from mixers.ops.linear_attention import linear_attention_chunked, linear_attention_recurrent, linear_attention_step
+
+
+IMPLS = ("auto", "chunked", "recurrent", "fla")
 
 
 @register("gla")
@@ -39,17 +46,19 @@ class GatedLinearAttention(Mixer):
     state_complexity = "O(1)"
     state_exponent = 0.0
     paper = "Yang et al. 2024, Gated Linear Attention Transformers with Hardware-Efficient Training (arXiv 2312.06635)"
-    backends = ("torch-chunked", "torch-recurrent")
+    backends = ("fla-chunk", "torch-chunked", "torch-recurrent")
 
     def __init__(self, d_model: int, max_len: int, heads: int = 4, expand_k: float = 0.5, expand_v: float = 1.0,
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0, norm_eps: float = 1e-5,
-                 init_std: float = 0.02, chunk_size: int = 64, subchunk_size: int = 16, impl: str = "chunked"):
+                 init_std: float = 0.02, chunk_size: int = 64, subchunk_size: int = 16, impl: str = "auto"):
         super().__init__(d_model, max_len)
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
         if heads < 1 or key_dim % heads or value_dim % heads:
             raise ValueError(f"gla: key dim {key_dim} and value dim {value_dim} must be divisible by heads={heads}")
-        if impl not in ("chunked", "recurrent"):
-            raise ValueError(f"gla: impl must be 'chunked' or 'recurrent', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"gla: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        if impl == "fla":
+            fla_kernels.require_fla("gla", impl)
         if chunk_size % subchunk_size:
             raise ValueError(f"gla: subchunk_size={subchunk_size} must divide chunk_size={chunk_size}")
         self.heads, self.key_dim, self.value_dim = heads, key_dim, value_dim
@@ -70,9 +79,16 @@ class GatedLinearAttention(Mixer):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def _path(self, device: torch.device) -> str:
+        """The implementation that runs for inputs on ``device``."""
+        if self.impl != "auto":
+            return self.impl
+        return "fla" if device.type == "cuda" and fla_kernels.fla_unavailable() is None else "chunked"
+
     @property
     def backend(self) -> str:
-        return f"torch-{self.impl}"
+        path = self._path(self.o_proj.weight.device)
+        return "fla-chunk" if path == "fla" else f"torch-{path}"
 
     def _inputs(self, x: torch.Tensor, pattern: str):
         """q (scaled), k, v, log decays g <= 0 and the output gate, heads split by ``pattern``."""
@@ -93,8 +109,14 @@ class GatedLinearAttention(Mixer):
     supports_decode = True
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        path = self._path(x.device)
+        if path == "fla":
+            fla_kernels.require_cuda_input("gla", self.impl, x)
+            q, k, v, g, gate = self._inputs(x, "b n (h e) -> b n h e")  # fla's layout
+            o, state = fla_kernels.gla(q, k, v, g)
+            return self._output(o, gate, "b n h e -> b n (h e)"), {"kv": state}
         q, k, v, g, gate = self._inputs(x, "b n (h e) -> b h n e")
-        if self.impl == "chunked":
+        if path == "chunked":
             o, state = linear_attention_chunked(q, k, v, g, self.chunk_size, self.subchunk_size)
         else:
             o, state = linear_attention_recurrent(q, k, v, g)
@@ -117,7 +139,7 @@ class GatedLinearAttention(Mixer):
             # q scale, gate bias + log-sigmoid (4) + normaliser, RMSNorm (about 4), swish gate (5)
             "elementwise": n * kd * 7.0 + n * vd * 9.0,
         }
-        if self.impl == "chunked":
+        if self.impl != "recurrent":  # fla's chunk_gla: the same chunked form (chunks of 64)
             for key, value in chunked_flops(n, self.heads, self.dk, self.dv, self.chunk_size, True,
                                             self.subchunk_size).items():
                 terms[key] = terms.get(key, 0.0) + value

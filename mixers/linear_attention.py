@@ -8,8 +8,11 @@ the paper's choice; or relu), and the normalised causal product
 then an output projection. Projections carry biases, as in the authors' fast-transformers
 ``AttentionLayer``. The normaliser is computed with the values by appending a column of ones to v.
 ``impl=chunked`` runs the chunkwise-parallel form of ``mixers/ops/linear_attention.py``;
-``impl=recurrent`` the token-by-token recurrence it is tested against. Decoding carries (S, z): a
-fixed-size state.
+``impl=recurrent`` the token-by-token recurrence it is tested against; ``impl=fla`` fla's
+``chunk_linear_attn`` Triton kernel for the numerator with the same normaliser formed beside it
+(``mixers/ops/fla_kernels.py``; CUDA); ``impl=auto`` fla on CUDA inputs where fla imports,
+``chunked`` otherwise. Every path has the same parameters and computes the same function. Decoding
+carries (S, z): a fixed-size state.
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ from torch.nn import functional as TF
 
 from mixers import register
 from mixers.base import Mixer
+from mixers.ops import fla_kernels
 from mixers.ops import flops as F
 from mixers.ops.linear_attention import linear_attention_chunked, linear_attention_recurrent, linear_attention_step
 
+IMPLS = ("auto", "chunked", "recurrent", "fla")
 FEATURE_MAPS = {"elu": lambda x: TF.elu(x) + 1.0, "relu": TF.relu}
 
 
@@ -61,26 +66,35 @@ class LinearAttention(Mixer):
     state_complexity = "O(1)"
     state_exponent = 0.0
     paper = "Katharopoulos et al. 2020, Transformers are RNNs (arXiv 2006.16236)"
-    backends = ("torch-chunked", "torch-recurrent")
+    backends = ("fla-chunk", "torch-chunked", "torch-recurrent")
 
     def __init__(self, d_model: int, max_len: int, heads: int = 4, feature_map: str = "elu", eps: float = 1e-6,
-                 bias: bool = True, chunk_size: int = 64, impl: str = "chunked"):
+                 bias: bool = True, chunk_size: int = 64, impl: str = "auto"):
         super().__init__(d_model, max_len)
         if heads < 1 or d_model % heads:
             raise ValueError(f"linear_attention: d_model={d_model} is not divisible by heads={heads}")
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"linear_attention: feature_map must be one of {', '.join(FEATURE_MAPS)}, got {feature_map!r}")
-        if impl not in ("chunked", "recurrent"):
-            raise ValueError(f"linear_attention: impl must be 'chunked' or 'recurrent', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"linear_attention: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        if impl == "fla":
+            fla_kernels.require_fla("linear_attention", impl)
         self.heads, self.head_dim, self.eps, self.bias = heads, d_model // heads, eps, bias
         self.feature_map, self.chunk_size, self.impl = feature_map, chunk_size, impl
         self.phi = FEATURE_MAPS[feature_map]
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
+    def _path(self, device: torch.device) -> str:
+        """The implementation that runs for inputs on ``device``."""
+        if self.impl != "auto":
+            return self.impl
+        return "fla" if device.type == "cuda" and fla_kernels.fla_unavailable() is None else "chunked"
+
     @property
     def backend(self) -> str:
-        return f"torch-{self.impl}"
+        path = self._path(self.out_proj.weight.device)
+        return "fla-chunk" if path == "fla" else f"torch-{path}"
 
     def _features(self, x: torch.Tensor, pattern: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """phi(q), phi(k) and v with a ones column, split into heads by ``pattern``."""
@@ -95,8 +109,14 @@ class LinearAttention(Mixer):
     supports_decode = True
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        path = self._path(x.device)
+        if path == "fla":
+            fla_kernels.require_cuda_input("linear_attention", self.impl, x)
+            q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b n h e", three=3, h=self.heads)
+            o, state = fla_kernels.linear_attention(self.phi(q), self.phi(k), v, self.eps)  # fla's layout
+            return self.out_proj(rearrange(o, "b n h e -> b n (h e)")), {"kv": state}
         q, k, v = self._features(x, "b n (three h e) -> three b h n e")  # (b, h, n, e), v (b, h, n, e + 1)
-        if self.impl == "chunked":
+        if path == "chunked":
             o, state = linear_attention_chunked(q, k, v, chunk_size=self.chunk_size)
         else:
             o, state = linear_attention_recurrent(q, k, v)
@@ -116,7 +136,7 @@ class LinearAttention(Mixer):
         terms = {"matmul": F.linear(n, d, 3 * d) + F.linear(n, d, d), "scan": 0.0,
                  # feature map (elu + 1: about 3 per element) on q and k, normalisation, biases
                  "elementwise": 6.0 * n * d + 2.0 * n * d + (4.0 * n * d if self.bias else 0.0)}
-        if self.impl == "chunked":
+        if self.impl != "recurrent":  # fla's chunk_linear_attn: the same chunked form (chunks of 64)
             for key, value in chunked_flops(n, h, e, e + 1, self.chunk_size, gated=False).items():
                 terms[key] = terms.get(key, 0.0) + value
         else:  # per step: state update k^T v and read-out q S, per head

@@ -1,0 +1,130 @@
+"""flash-linear-attention (fla-org/flash-linear-attention, fla 0.6.0) Triton kernels behind the
+``impl=fla*`` paths of the gla, linear_attention and based mixers.
+
+fla is optional: it is imported on first use, never at import time (importing it pulls in its
+layers and transformers), and ``fla_unavailable()`` says why it cannot run here (not installed, or
+no CUDA device). Every function takes and returns fla's layout, ``(batch, length, heads, dim)``
+(the based ops transpose to their head-first kernels themselves), and returns what the PyTorch
+path of ``mixers/ops/linear_attention.py`` computes with the same inputs: where fla's op
+normalises differently (its own epsilon, its own denominator), it is called without
+normalisation and the normaliser is formed here exactly as the PyTorch path forms it (the
+denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
+
+- ``gla``: ``chunk_gla`` with ``scale=1`` (queries come scaled); ``g`` is the natural-log decay,
+  as ours (fla converts to base 2 inside).
+- ``linear_attention``: ``chunk_linear_attn(normalize=False, scale=1)`` on the feature-mapped q, k;
+  the denominator ``phi(q_t) . sum_{j<=t} phi(k_j)`` from a cumulative sum (float32 for 16-bit inputs).
+- ``based_parallel``: ``parallel_based``'s kernel (``ParallelBasedFunction``), which forms
+  ``1 + s + s^2 / 2`` with ``s = q.k / sqrt(f)`` from q, k directly, quadratic in length (fla's
+  ``BasedLinearAttention`` default), returning numerator and denominator.
+- ``based_fused_chunk``: ``fused_chunk_based``'s kernel (``FusedChunkBasedFunction``), the same
+  kernel value through chunked zeroth-, first- and second-order states (feature_dim <= 16),
+  linear in length.
+- ``based_chunk``: fla's ``TaylorFeatureMap`` (153 features for f = 16 whose products give the
+  same kernel value) through ``chunk_linear_attn``; one zero feature is appended when the count is
+  odd (fla's 16-bit backward needs an even key width; a zero feature adds nothing).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from types import SimpleNamespace
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def fla_ops() -> SimpleNamespace:
+    """fla's entry points used here, imported once (an ``ImportError`` where fla is absent)."""
+    from fla.modules.feature_map import TaylorFeatureMap
+    from fla.ops.based.fused_chunk import FusedChunkBasedFunction
+    from fla.ops.based.parallel import ParallelBasedFunction
+    from fla.ops.gla import chunk_gla
+    from fla.ops.linear_attn import chunk_linear_attn
+    return SimpleNamespace(chunk_gla=chunk_gla, chunk_linear_attn=chunk_linear_attn,
+                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply,
+                           TaylorFeatureMap=TaylorFeatureMap)
+
+
+@lru_cache(maxsize=1)
+def _import_error() -> str | None:
+    try:
+        fla_ops()
+    except Exception as err:  # ImportError, or a Triton / version mismatch raised while importing
+        return f"flash-linear-attention does not import ({type(err).__name__}: {err})"
+    return None
+
+
+def fla_unavailable() -> str | None:
+    """Why fla's kernels cannot run here (None when they can): fla must import and CUDA be present."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return _import_error()
+
+
+def require_fla(mixer: str, impl: str) -> None:
+    """Raise a ``ValueError`` naming the option when ``impl`` (an fla path) cannot run here."""
+    reason = fla_unavailable()
+    if reason is not None:
+        raise ValueError(f"{mixer}: impl={impl} needs flash-linear-attention 0.6.0 (pip install "
+                         f"flash-linear-attention) and a CUDA device, but here: {reason}; use impl=auto or chunked")
+
+
+def require_cuda_input(mixer: str, impl: str, x: torch.Tensor) -> None:
+    """fla's kernels are Triton: a clear error for inputs elsewhere (the module was moved off CUDA)."""
+    if not x.is_cuda:
+        raise RuntimeError(f"{mixer}: impl={impl} runs flash-linear-attention's Triton kernels, which need CUDA "
+                           f"inputs (got {x.device}); use impl=auto or chunked on CPU")
+
+
+def normalise(numerator: torch.Tensor, denominator: torch.Tensor, eps: float) -> torch.Tensor:
+    """``numerator (..., dv) / (denominator (...) + eps)`` in the numerator's dtype, as the PyTorch path
+    (which divides the two columns of one output tensor)."""
+    return numerator / (denominator.to(numerator.dtype)[..., None] + eps)
+
+
+def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` (scaled), ``k``, ``g`` (log decays <= 0) ``(b, n, h, dk)``, ``v (b, n, h, dv)`` -> ``o (b, n, h, dv)``
+    and the final state ``(b, h, dk, dv)`` in ``v``'s dtype."""
+    o, state = fla_ops().chunk_gla(q, k, v, g, scale=1.0, output_final_state=True)
+    return o, state.to(v.dtype)
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised causal linear attention: feature-mapped ``q, k (b, n, h, dk)``, ``v (b, n, h, dv)`` ->
+    ``o_t = q_t S_t / (q_t . z_t + eps)`` ``(b, n, h, dv)`` and the state ``[S, z] (b, h, dk, dv + 1)``
+    (the PyTorch path's layout: z is the ones column's state)."""
+    numerator, S = fla_ops().chunk_linear_attn(q, k, v, scale=1.0, normalize=False, output_final_state=True)
+    ct = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype  # as the PyTorch path computes
+    z = torch.cumsum(k, dim=1, dtype=ct)  # (b, n, h, dk)
+    denominator = (q.to(ct) * z).sum(-1)  # (b, n, h)
+    state = torch.cat([S.to(ct), z[:, -1, :, :, None]], dim=-1)
+    return normalise(numerator, denominator, eps), state.to(v.dtype)
+
+
+def based_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalised Taylor linear attention, ``K(q, k) = 1 + s + s^2 / 2``, ``s = q.k / sqrt(f)``: raw
+    ``q, k (b, n, h, f)`` (f <= 128), ``v (b, n, h, dv)`` -> ``(b, n, h, dv)``; O(n^2) work."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # head-first, as the kernel reads them
+    numerator, denominator = fla_ops().parallel_based(q, k, v, q.shape[-1] ** -0.5)
+    return normalise(numerator, denominator, eps).transpose(1, 2)
+
+
+def based_fused_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """As ``based_parallel`` through fla's fused chunked kernel (f <= 16), O(n) work."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    numerator, denominator = fla_ops().fused_chunk_based(q, k, v, q.shape[-1] ** -0.5)
+    return normalise(numerator, denominator, eps).transpose(1, 2)
+
+
+def taylor_features_fla(x: torch.Tensor) -> torch.Tensor:
+    """fla's Taylor feature map of ``x (..., f)`` (``1 + f + f (f + 1) / 2`` features, padded to an
+    even count with a zero): ``phi(x) . phi(y) = 1 + x.y / sqrt(f) + (x.y)^2 / (2 f)``."""
+    phi = fla_ops().TaylorFeatureMap(head_dim=x.shape[-1])(x)
+    if phi.shape[-1] % 2:
+        phi = torch.nn.functional.pad(phi, (0, 1))
+    return phi
+
+
+def based_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """As ``based_parallel`` through fla's Taylor features and ``chunk_linear_attn``, O(n) work."""
+    return linear_attention(taylor_features_fla(q), taylor_features_fla(k), v, eps)[0]

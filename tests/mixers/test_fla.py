@@ -1,0 +1,245 @@
+"""The fla backend of gla, linear_attention and based (mixers/ops/fla_kernels.py).
+
+On CPU: ``impl=auto`` runs the PyTorch path, a forced fla path fails at construction naming the
+option, and the mixers' fla paths, run against hand-written equivalents of what each fla op is
+documented to compute (fla's layout, scale, gates, its returned numerator and denominator), equal
+the PyTorch path in values, gradients and decoding state: this holds the wrappers' layouts, scales
+and normalisation. On CUDA (``gpu``): the real fla kernels against the PyTorch path.
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import mixers
+from mixers.ops import fla_kernels
+
+FLA_CASES = [  # (mixer, impl, options): small widths, several heads
+    ("gla", "fla", {"heads": 2, "chunk_size": 8, "subchunk_size": 4}),
+    ("linear_attention", "fla", {"heads": 2, "chunk_size": 8}),
+    ("linear_attention", "fla", {"heads": 4, "feature_map": "relu", "chunk_size": 8}),
+    ("based", "fla", {"heads": 2, "feature_dim": 4, "window": 8, "chunk_size": 8}),
+    ("based", "fla", {"heads": 2, "feature_dim": 3, "window": 0, "chunk_size": 8}),  # odd feature count: padded
+    ("based", "fla_parallel", {"heads": 2, "feature_dim": 4, "window": 8, "chunk_size": 8}),
+    ("based", "fla_fused_chunk", {"heads": 2, "feature_dim": 4, "window": 0, "chunk_size": 8}),
+]
+
+
+# ---- what fla's ops are documented to compute (fla's (B, T, H, .) layout unless head-first) ----------------
+def _recurrence(q, k, v, g, scale):
+    """o_t = scale q_t S_t, S_t = diag(exp g_t) S_{t-1} + k_t^T v_t, over (B, T, H, .) inputs."""
+    b, n, h, dk = q.shape
+    S = q.new_zeros(b, h, dk, v.shape[-1])
+    out = []
+    for t in range(n):
+        if g is not None:
+            S = S * torch.exp(g[:, t])[..., None]
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        out.append(scale * (q[:, t, :, :, None] * S).sum(-2))
+    return torch.stack(out, dim=1), S
+
+
+def fake_chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
+    assert q.shape == k.shape == g.shape and initial_state is None
+    o, S = _recurrence(q, k, v, g, q.shape[-1] ** -0.5 if scale is None else scale)
+    return o.to(v.dtype), S if output_final_state else None
+
+
+def fake_chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True):
+    assert initial_state is None
+    scale = k.shape[-1] ** -0.5 if scale is None else scale
+    o, S = _recurrence(q, k, v, None, scale)
+    if normalize:  # fla's own normaliser (its epsilon), which the wrapper must not use
+        o = o / ((q * scale * k.cumsum(1)).sum(-1, keepdim=True) + 1e-10)
+        return o, (S, k.cumsum(1)[:, -1:])
+    return o.to(v.dtype), S if output_final_state else None
+
+
+def fake_based_head_first(q, k, v, scale):
+    """ParallelBasedFunction / FusedChunkBasedFunction: head-first (B, H, T, .) -> numerator, denominator."""
+    s = scale * q @ k.transpose(-1, -2)
+    a = (1 + s + s**2 / 2) * torch.ones_like(s).tril()
+    return a @ v, a.sum(-1)
+
+
+class FakeTaylorFeatureMap:
+    """fla's TaylorFeatureMap: [1, x / d^(1/4), x_i^2 / (sqrt 2 sqrt d), x_i x_j / sqrt d for i < j]."""
+
+    def __init__(self, head_dim):
+        self.d = head_dim
+
+    def __call__(self, x):
+        i, j = torch.triu_indices(self.d, self.d, 1)
+        return torch.cat([torch.ones_like(x[..., :1]), x / self.d ** 0.25, x**2 / (math.sqrt(2) * math.sqrt(self.d)),
+                          x[..., i] * x[..., j] / math.sqrt(self.d)], dim=-1)
+
+
+@pytest.fixture
+def fake_fla(monkeypatch):
+    """fla's ops replaced by their documented maths, available on CPU."""
+    ops = SimpleNamespace(chunk_gla=fake_chunk_gla, chunk_linear_attn=fake_chunk_linear_attn,
+                          parallel_based=fake_based_head_first, fused_chunk_based=fake_based_head_first,
+                          TaylorFeatureMap=FakeTaylorFeatureMap)
+    monkeypatch.setattr(fla_kernels, "fla_ops", lambda: ops)
+    monkeypatch.setattr(fla_kernels, "fla_unavailable", lambda: None)
+    monkeypatch.setattr(fla_kernels, "require_cuda_input", lambda *args: None)
+
+
+def test_fake_taylor_features_give_the_kernel():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 16, generator=gen, dtype=torch.float64), torch.randn(6, 16, generator=gen, dtype=torch.float64)
+    phi = FakeTaylorFeatureMap(16)
+    s = (x * y).sum(-1) / 4
+    assert phi(x).shape[-1] == 153 and torch.allclose((phi(x) * phi(y)).sum(-1), 1 + s + s**2 / 2)
+
+
+# ---- CPU: selection and errors ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name,backend", [("gla", "torch-chunked"), ("linear_attention", "torch-chunked"),
+                                          ("based", "torch-chunked+sdpa-blocked")])
+def test_auto_runs_pytorch_on_cpu(name, backend):
+    mixer = mixers.build(name, 32, 64)  # conf default: impl=auto
+    assert mixer.impl == "auto" and mixer.backend == backend
+    assert mixer(torch.randn(2, 5, 32)).shape == (2, 5, 32)
+
+
+@pytest.mark.skipif(fla_kernels.fla_unavailable() is None, reason="fla runs here")
+@pytest.mark.parametrize("name,impl", [("gla", "fla"), ("linear_attention", "fla"), ("based", "fla"),
+                                       ("based", "fla_parallel"), ("based", "fla_fused_chunk")])
+def test_forced_fla_without_fla_or_cuda_names_the_option(name, impl):
+    with pytest.raises(ValueError, match=f"{name}: impl={impl} needs flash-linear-attention"):
+        mixers.build(name, 32, 64, impl=impl)
+
+
+@pytest.mark.parametrize("name", ["gla", "linear_attention", "based"])
+def test_unknown_impl_lists_the_valid_ones(name):
+    with pytest.raises(ValueError, match=r"impl must be one of auto, chunked, recurrent, fla"):
+        mixers.build(name, 32, 64, impl="triton")
+
+
+def test_based_fla_kernels_check_feature_dim(fake_fla):
+    with pytest.raises(ValueError, match="impl=fla_fused_chunk takes feature_dim <= 16"):
+        mixers.build("based", 64, 64, feature_dim=32, impl="fla_fused_chunk")
+    with pytest.raises(ValueError, match="impl=fla_parallel takes feature_dim <= 128"):
+        mixers.build("based", 512, 64, feature_dim=256, heads=2, impl="fla_parallel")
+
+
+def test_fla_path_needs_cuda_inputs():
+    if fla_kernels.fla_unavailable() is not None:
+        with pytest.raises(RuntimeError, match="impl=fla runs flash-linear-attention's Triton kernels"):
+            fla_kernels.require_cuda_input("gla", "fla", torch.zeros(1))
+
+
+# ---- CPU: the fla paths, on the documented maths, equal the PyTorch path -----------------------------------
+def pair(name, impl, options, seed):
+    torch.manual_seed(seed)
+    ours = mixers.build(name, 16, 64, impl="chunked", **options).double()
+    fla = mixers.build(name, 16, 64, impl=impl, **options).double()
+    fla.load_state_dict(ours.state_dict())  # the same parameter names on every backend
+    return ours, fla
+
+
+@pytest.mark.parametrize("name,impl,options", FLA_CASES)
+@pytest.mark.parametrize("n", [1, 13, 40])
+def test_fla_path_on_documented_ops_equals_pytorch_path(fake_fla, name, impl, options, n):
+    ours, fla = pair(name, impl, options, seed=n)
+    assert fla.backend.startswith("fla-")
+    x = torch.randn(2, n, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, n, 16, dtype=torch.float64)
+    grads = []
+    for mixer in (ours, fla):
+        y = mixer(x)
+        grads.append((y, *torch.autograd.grad((y * w).sum(), [x, *mixer.parameters()])))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name,impl,options", FLA_CASES)
+def test_fla_prefill_state_decodes_as_pytorch_path(fake_fla, name, impl, options):
+    ours, fla = pair(name, impl, options, seed=3)
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    with torch.no_grad():
+        (y_ours, s_ours), (y_fla, s_fla) = ours.prefill(x[:, :9]), fla.prefill(x[:, :9])
+        assert torch.allclose(y_ours, y_fla, atol=1e-10)
+        assert torch.allclose(s_ours["kv"], s_fla["kv"], atol=1e-10)
+        for t in range(9, 12):
+            (o_ours, s_ours), (o_fla, s_fla) = ours.step(x[:, t], s_ours), fla.step(x[:, t], s_fla)
+            assert torch.allclose(o_ours, o_fla, atol=1e-10)
+
+
+def test_based_fla_parallel_declares_quadratic_time():
+    declared = mixers.mixer_class("based").declared_complexity(impl="fla_parallel", window=64)
+    assert declared["time_exponent"] == 2.0 and declared["memory_exponent"] == 1.0
+    assert mixers.mixer_class("based").declared_complexity(impl="fla")["time_exponent"] == 1.0
+
+
+# ---- GPU: the real kernels ----------------------------------------------------------------------------------
+fla_here = pytest.mark.skipif(fla_kernels.fla_unavailable() is not None, reason="needs CUDA and flash-linear-attention")
+
+# relative errors ||a - b|| / ||b|| allowed against the float32 PyTorch path (TF32 off): fla's float32 kernels
+# use TF32 products inside (10-bit mantissa); bf16 autocast rounds q, k, v and the output to 8 bits
+TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 4e-2}
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@pytest.mark.gpu
+@fla_here
+@pytest.mark.parametrize("name,impl", [("gla", "fla"), ("linear_attention", "fla"), ("based", "fla"),
+                                       ("based", "fla_parallel"), ("based", "fla_fused_chunk")])
+@pytest.mark.parametrize("batch,n,d_model", [(2, 1, 64), (3, 100, 128), (2, 1000, 256), (1, 4096, 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, impl, batch, n, d_model, dtype):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # an exact float32 reference
+    torch.manual_seed(n)
+    ours = mixers.build(name, d_model, n, impl="chunked").cuda()
+    fla = mixers.build(name, d_model, n, impl=impl).cuda()
+    fla.load_state_dict(ours.state_dict())
+    assert fla.backend.startswith("fla-")
+    gen = torch.Generator(device="cuda").manual_seed(n)
+    x = torch.randn(batch, n, d_model, device="cuda", generator=gen, requires_grad=True)
+    w = torch.randn(batch, n, d_model, device="cuda", generator=gen)
+    results = []
+    for mixer, autocast in ((ours, torch.float32), (fla, dtype)):  # the reference in float32
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast == torch.bfloat16):
+            y = mixer(x)
+        results.append((y.float(), *torch.autograd.grad((y.float() * w).sum(), [x, *mixer.parameters()])))
+    ref, got = results
+    for (label, _), a, b in zip([("output", None), ("input", None), *ours.named_parameters()], got, ref):
+        assert relative_error(a, b) <= TOLERANCE[dtype], (label, relative_error(a, b))
+
+
+@pytest.mark.gpu
+@fla_here
+@pytest.mark.parametrize("name", ["gla", "linear_attention", "based"])
+def test_auto_picks_fla_on_gpu_and_state_dicts_load_across_backends(name):
+    auto = mixers.build(name, 128, 512).cuda()
+    assert auto.backend.startswith("fla-chunk")
+    cpu = mixers.build(name, 128, 512, impl="chunked")
+    assert list(cpu.state_dict()) == list(auto.state_dict())
+    cpu.load_state_dict({k: v.cpu() for k, v in auto.state_dict().items()})  # strict: the same names and shapes
+    x = torch.randn(2, 300, 128)
+    with torch.no_grad():
+        assert relative_error(auto(x.cuda()).cpu(), cpu(x)) <= TOLERANCE[torch.float32]
+    assert mixers.build(name, 128, 512).backend.startswith("torch-chunked")  # on CPU parameters
+
+
+@pytest.mark.gpu
+@fla_here
+@pytest.mark.parametrize("name,impl", [("gla", "fla"), ("linear_attention", "fla"), ("based", "fla")])
+def test_fla_prefill_decodes_on_gpu(name, impl):
+    torch.manual_seed(0)
+    mixer = mixers.build(name, 128, 256, impl=impl).cuda().eval()
+    x = torch.randn(2, 80, 128, device="cuda")
+    with torch.no_grad():
+        full = mixer(x)
+        y, state = mixer.prefill(x[:, :64])
+        outs = [y]
+        for t in range(64, 80):
+            o, state = mixer.step(x[:, t], state)
+            outs.append(o[:, None])
+    assert relative_error(torch.cat(outs, dim=1), full) <= TOLERANCE[torch.float32]
