@@ -19,7 +19,7 @@ from torch import nn
 from mixers import register
 from mixers.base import Mixer
 from mixers.ops import flops as F
-from mixers.ops.toeplitz import causal_toeplitz_fft, kernel_spectrum
+from mixers.ops.toeplitz import causal_toeplitz_fft_lean
 
 
 class Sin(nn.Module):
@@ -143,7 +143,7 @@ class HyenaOperator(Mixer):
         if keep_state:  # position-wise MLP: filter(t) = filter(max_len)[:, :t]
             state = {"conv": nn.functional.pad(projected, (self.short_filter - 1, 0))[..., n:], "history": v,
                      "filter": self.filter(self.max_len)}
-        v = causal_toeplitz_fft(v, h, spectrum=kernel_spectrum(h, n)) + v * self.skip[:, None]
+        v = causal_toeplitz_fft_lean(v, h) + v * self.skip[:, None]  # saves v and h only: spectra recomputed in backward
         y = (v * x0).transpose(1, 2)  # (b, n, d)
         return self.out_proj(y), state
 

@@ -26,7 +26,7 @@ from torch import nn
 from mixers import register
 from mixers.base import Mixer
 from mixers.ops import flops as F
-from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_fft, kernel_spectrum
+from mixers.ops.toeplitz import causal_toeplitz_dense, causal_toeplitz_fft_lean
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -111,7 +111,7 @@ class ToeplitzNeuralNetwork(Mixer):
         v = nn.functional.silu(self.v_proj(x)).transpose(1, 2)  # (b, channels, n)
         a = self.coefficients(n).to(v.dtype)
         if self.impl == "fft":
-            mixed = causal_toeplitz_fft(v, a, spectrum=kernel_spectrum(a, n))
+            mixed = causal_toeplitz_fft_lean(v, a)  # saves v and a only: spectra recomputed in backward
         else:
             mixed = causal_toeplitz_dense(v, a)
         return self.o(u * mixed.transpose(1, 2)), v

@@ -76,6 +76,43 @@ def causal_toeplitz_fft(
     return y.to(x.dtype)
 
 
+class _CausalToeplitzLeanFFT(torch.autograd.Function):
+    """``causal_toeplitz_fft`` that saves only ``x`` and ``kernel`` for backward and recomputes the
+    spectra there: autograd through the FFTs would save the input's float32 spectrum (complex, of
+    twice its length: 8x the bytes of a bf16 input) and the kernel's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, kernel)
+        return causal_toeplitz_fft(x, kernel)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, kernel = ctx.saved_tensors
+        n = x.shape[-1]
+        n_fft = fft_size(n)
+        dy_f = torch.fft.rfft(_transform_dtype(dy), n=n_fft)
+        dx = dkernel = None
+        if ctx.needs_input_grad[0]:  # dx[j] = sum_{i >= j} k[i - j] dy[i]: a correlation (n_fft >= 2n - 1: no wrap)
+            dx = torch.fft.irfft(dy_f * kernel_spectrum(kernel, n).conj(), n=n_fft)[..., :n].to(x.dtype)
+        if ctx.needs_input_grad[1]:  # dk[m] = sum_i dy[i] x[i - m], summed over the signals sharing k
+            cross = dy_f * torch.fft.rfft(_transform_dtype(x), n=n_fft).conj()
+            extra = cross.dim() - kernel.dim()
+            cross = cross.sum(dim=tuple(range(extra))) if extra else cross
+            shared = [i for i in range(kernel.dim() - 1) if kernel.shape[i] == 1 and cross.shape[i] != 1]
+            cross = cross.sum(dim=shared, keepdim=True) if shared else cross
+            dkernel = torch.zeros_like(kernel)
+            dkernel[..., :n] = torch.fft.irfft(cross, n=n_fft)[..., :n].to(kernel.dtype)
+        return dx, dkernel
+
+
+def causal_toeplitz_fft_lean(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``causal_toeplitz_fft(x, kernel)`` (the same values), with training memory that of ``x`` and
+    ``kernel`` alone: ``x (..., n)``, ``kernel (..., >= n)`` broadcastable against it, no more
+    leading dimensions than ``x``."""
+    return _CausalToeplitzLeanFFT.apply(x, kernel)
+
+
 class _HeadsToeplitzFFT(torch.autograd.Function):
     """Per-head causal Toeplitz product by FFT that saves only ``x`` and ``w`` for backward and
     recomputes the spectra there, one head at a time (transient memory: one head's spectra)."""

@@ -128,3 +128,32 @@ def test_fused_tile_flops_count_the_tiles_the_kernel_visits():
             assert fused_tile_flops(n, d, block, rows) >= n * (n + 1) * d  # the causal products themselves
     blocks = 1024 // 64
     assert fused_tile_flops(1024, d, 64, 64) == 2.0 * d * 64**2 * blocks * (blocks + 1) / 2
+
+
+@pytest.mark.parametrize("x_shape,k_shape", [((2, 5, 17), (5, 17)), ((3, 4, 1), (4, 1)), ((2, 3, 4, 33), (4, 40)),
+                                             ((2, 6, 64), (1, 64)), ((1, 2, 100), (2, 100))])
+def test_lean_fft_equals_dense_in_values_and_gradients(x_shape, k_shape):
+    """The FFT product that saves only its inputs (tnn, hyena): values and both gradients of the reference."""
+    from mixers.ops.toeplitz import causal_toeplitz_fft_lean
+    gen = torch.Generator().manual_seed(x_shape[-1])
+    x = torch.randn(*x_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(*k_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*x_shape, generator=gen, dtype=torch.float64)
+    ref, lean = causal_toeplitz_dense(x, k), causal_toeplitz_fft_lean(x, k)
+    assert torch.allclose(lean, ref, atol=1e-12)
+    for a, b in zip(torch.autograd.grad((lean * w).sum(), [x, k]), torch.autograd.grad((ref * w).sum(), [x, k])):
+        assert torch.allclose(a, b, atol=1e-11)
+
+
+def test_lean_fft_saves_less_than_autograd_through_the_ffts():
+    from mixers.ops.toeplitz import causal_toeplitz_fft_lean
+    x = torch.randn(4, 8, 256, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(8, 256, requires_grad=True)
+    saved = {}
+    for name, fn in (("autograd", causal_toeplitz_fft), ("lean", causal_toeplitz_fft_lean)):
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            fn(x, k.to(x.dtype) if name == "autograd" else k)
+        saved[name] = sum(sizes)
+    assert saved["lean"] <= x.numel() * 2 + k.numel() * 4 < saved["autograd"]
