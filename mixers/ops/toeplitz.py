@@ -76,40 +76,78 @@ def causal_toeplitz_fft(
     return y.to(x.dtype)
 
 
+# Channels transformed at once by ``causal_toeplitz_fft_lean``: about this many FFT samples per slice,
+# which bounds its float32 / complex transients (~28 bytes per sample: 0.9 GB) whatever the batch.
+LEAN_FFT_SLICE_SAMPLES = 1 << 25
+
+
+def _channel_slices(x: torch.Tensor) -> list[slice]:
+    """Slices of ``x``'s channel axis (``-2``) of about ``LEAN_FFT_SLICE_SAMPLES`` FFT samples each."""
+    channels = x.shape[-2] if x.dim() >= 2 else 1
+    per_channel = max(1, x.numel() // max(1, x.shape[-1]) // channels) * fft_size(x.shape[-1])
+    step = max(1, LEAN_FFT_SLICE_SAMPLES // per_channel)
+    return [slice(i, min(i + step, channels)) for i in range(0, channels, step)]
+
+
+def _kernel_part(kernel: torch.Tensor, part: slice) -> torch.Tensor:
+    """The kernels of a channel slice (all of ``kernel`` where it has no channel axis of its own)."""
+    return kernel[..., part, :] if kernel.dim() >= 2 and kernel.shape[-2] != 1 else kernel
+
+
 class _CausalToeplitzLeanFFT(torch.autograd.Function):
     """``causal_toeplitz_fft`` that saves only ``x`` and ``kernel`` for backward and recomputes the
-    spectra there: autograd through the FFTs would save the input's float32 spectrum (complex, of
-    twice its length: 8x the bytes of a bf16 input) and the kernel's."""
+    spectra there (autograd through the FFTs would save the input's complex float32 spectrum of
+    twice its length: 8x the bytes of a bf16 input, and the kernel's), transforming a slice of the
+    channels at a time so that the float32 transients stay bounded."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, kernel)
-        return causal_toeplitz_fft(x, kernel)
+        n = x.shape[-1]
+        n_fft = fft_size(n)
+        y = torch.empty_like(x)
+        for part in _channel_slices(x):
+            x_f = torch.fft.rfft(_transform_dtype(x[..., part, :] if x.dim() >= 2 else x), n=n_fft)
+            x_f.mul_(kernel_spectrum(_kernel_part(kernel, part), n))  # in place: no autograd inside forward
+            out = torch.fft.irfft(x_f, n=n_fft)[..., :n]
+            if x.dim() >= 2:
+                y[..., part, :] = out
+            else:
+                y.copy_(out)
+        return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, kernel = ctx.saved_tensors
         n = x.shape[-1]
         n_fft = fft_size(n)
-        dy_f = torch.fft.rfft(_transform_dtype(dy), n=n_fft)
-        dx = dkernel = None
-        if ctx.needs_input_grad[0]:  # dx[j] = sum_{i >= j} k[i - j] dy[i]: a correlation (n_fft >= 2n - 1: no wrap)
-            dx = torch.fft.irfft(dy_f * kernel_spectrum(kernel, n).conj(), n=n_fft)[..., :n].to(x.dtype)
-        if ctx.needs_input_grad[1]:  # dk[m] = sum_i dy[i] x[i - m], summed over the signals sharing k
-            cross = dy_f * torch.fft.rfft(_transform_dtype(x), n=n_fft).conj()
-            extra = cross.dim() - kernel.dim()
-            cross = cross.sum(dim=tuple(range(extra))) if extra else cross
-            shared = [i for i in range(kernel.dim() - 1) if kernel.shape[i] == 1 and cross.shape[i] != 1]
-            cross = cross.sum(dim=shared, keepdim=True) if shared else cross
-            dkernel = torch.zeros_like(kernel)
-            dkernel[..., :n] = torch.fft.irfft(cross, n=n_fft)[..., :n].to(kernel.dtype)
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        dkernel = torch.zeros_like(kernel) if ctx.needs_input_grad[1] else None
+        own = kernel.dim() >= 2 and kernel.shape[-2] != 1  # a kernel per channel: slices write their own rows
+        for part in _channel_slices(x):
+            pick = (lambda t: t[..., part, :]) if x.dim() >= 2 else (lambda t: t)  # noqa: E731
+            k = _kernel_part(kernel, part)
+            dy_f = torch.fft.rfft(_transform_dtype(pick(dy)), n=n_fft)
+            if dx is not None:  # dx[j] = sum_{i >= j} k[i - j] dy[i]: a correlation (n_fft >= 2n - 1: no wrap)
+                pick(dx).copy_(torch.fft.irfft(dy_f * kernel_spectrum(k, n).conj(), n=n_fft)[..., :n])
+            if dkernel is not None:  # dk[m] = sum_i dy[i] x[i - m], summed over the signals sharing k
+                cross = dy_f.mul_(torch.fft.rfft(_transform_dtype(pick(x)), n=n_fft).conj())
+                extra = cross.dim() - k.dim()
+                cross = cross.sum(dim=tuple(range(extra))) if extra else cross
+                shared = [i for i in range(k.dim() - 1) if k.shape[i] == 1 and cross.shape[i] != 1]
+                cross = cross.sum(dim=shared, keepdim=True) if shared else cross
+                grad = torch.fft.irfft(cross, n=n_fft)[..., :n].to(kernel.dtype)
+                if own:
+                    dkernel[..., part, :n] = grad
+                else:
+                    dkernel[..., :n] += grad
         return dx, dkernel
 
 
 def causal_toeplitz_fft_lean(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """``causal_toeplitz_fft(x, kernel)`` (the same values), with training memory that of ``x`` and
-    ``kernel`` alone: ``x (..., n)``, ``kernel (..., >= n)`` broadcastable against it, no more
-    leading dimensions than ``x``."""
+    ``kernel`` alone and float32 transients bounded by ``LEAN_FFT_SLICE_SAMPLES``: ``x (..., channels,
+    n)``, ``kernel (..., channels or 1, >= n)`` broadcastable against it, no more dimensions than ``x``."""
     return _CausalToeplitzLeanFFT.apply(x, kernel)
 
 

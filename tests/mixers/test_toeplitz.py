@@ -131,10 +131,13 @@ def test_fused_tile_flops_count_the_tiles_the_kernel_visits():
 
 
 @pytest.mark.parametrize("x_shape,k_shape", [((2, 5, 17), (5, 17)), ((3, 4, 1), (4, 1)), ((2, 3, 4, 33), (4, 40)),
-                                             ((2, 6, 64), (1, 64)), ((1, 2, 100), (2, 100))])
-def test_lean_fft_equals_dense_in_values_and_gradients(x_shape, k_shape):
+                                             ((2, 6, 64), (1, 64)), ((1, 2, 100), (2, 100)), ((3, 50), (50,))])
+@pytest.mark.parametrize("slice_samples", [1 << 25, 300])  # one slice of channels, or a few channels a slice
+def test_lean_fft_equals_dense_in_values_and_gradients(monkeypatch, x_shape, k_shape, slice_samples):
     """The FFT product that saves only its inputs (tnn, hyena): values and both gradients of the reference."""
+    from mixers.ops import toeplitz
     from mixers.ops.toeplitz import causal_toeplitz_fft_lean
+    monkeypatch.setattr(toeplitz, "LEAN_FFT_SLICE_SAMPLES", slice_samples)
     gen = torch.Generator().manual_seed(x_shape[-1])
     x = torch.randn(*x_shape, generator=gen, dtype=torch.float64, requires_grad=True)
     k = torch.randn(*k_shape, generator=gen, dtype=torch.float64, requires_grad=True)
