@@ -11,8 +11,8 @@ output projection. On CUDA, fla's kernels compute the same kernel value and norm
 projected q, k (``mixers/ops/fla_kernels.py``): ``impl=fla`` through fla's Taylor features and its
 chunked linear-attention kernel (O(n)), ``fla_parallel`` fla's ``parallel_based`` (O(n^2) work, the
 default of fla's ``BasedLinearAttention``), ``fla_fused_chunk`` fla's ``fused_chunk_based``
-(feature_dim <= 16); ``impl=auto`` is ``fla`` on CUDA inputs where fla imports, ``chunked``
-otherwise. Every path has the same parameters; decoding state is formed with this file's features.
+(feature_dim <= 16); ``impl=auto`` is ``fla`` on CUDA inputs where fla imports (and heads
+are at least 16 wide), ``chunked`` otherwise. Every path has the same parameters; decoding state is formed with this file's features.
 
 Sliding-window branch: ``mixers/sliding_window_attention.py`` with ``window`` (64) positions.
 The paper builds a model from separate layers (Taylor linear attention, sliding-window attention
@@ -73,8 +73,11 @@ class Based(Mixer):
             raise ValueError(f"based: d_model={d_model} is not divisible by heads={heads}")
         if impl not in IMPLS:
             raise ValueError(f"based: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        self._fla_fits = fla_kernels.fits(value=d_model // heads)  # its chunk kernel's keys: 1 + f + f (f + 1) / 2
         if impl in FLA_OPS:
             fla_kernels.require_fla("based", impl)
+        if impl == "fla":
+            fla_kernels.require_fits("based", impl, value=d_model // heads)
         if feature_dim > FLA_MAX_FEATURE_DIM.get(impl, feature_dim):
             raise ValueError(f"based: impl={impl} takes feature_dim <= {FLA_MAX_FEATURE_DIM[impl]} (fla's kernel), "
                              f"got feature_dim={feature_dim}")
@@ -103,7 +106,8 @@ class Based(Mixer):
         """The implementation of the linear-attention branch that runs for inputs on ``device``."""
         if self.impl != "auto":
             return self.impl
-        return "fla" if device.type == "cuda" and fla_kernels.fla_unavailable() is None else "chunked"
+        on_fla = device.type == "cuda" and self._fla_fits and fla_kernels.fla_unavailable() is None
+        return "fla" if on_fla else "chunked"
 
     @property
     def backend(self) -> str:

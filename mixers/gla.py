@@ -14,7 +14,8 @@ bias except the gate's second, initialised normal(0, 0.02) as in fla's GLA model
 ``impl=chunked`` runs the chunkwise-parallel form with secondary chunking of
 ``mixers/ops/linear_attention.py``; ``impl=recurrent`` the token-by-token recurrence; ``impl=fla``
 fla's ``chunk_gla`` Triton kernel (``mixers/ops/fla_kernels.py``; CUDA, fla picks its own chunk of
-at most 64 tokens); ``impl=auto`` fla on CUDA inputs where fla imports, ``chunked`` otherwise. Every
+at most 64 tokens); ``impl=auto`` fla on CUDA inputs where fla imports (and heads are at least 16
+wide), ``chunked`` otherwise. Every
 path has the same parameters (state dicts load across them) and computes the same function.
 """
 from __future__ import annotations
@@ -57,8 +58,10 @@ class GatedLinearAttention(Mixer):
             raise ValueError(f"gla: key dim {key_dim} and value dim {value_dim} must be divisible by heads={heads}")
         if impl not in IMPLS:
             raise ValueError(f"gla: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        self._fla_fits = fla_kernels.fits(key=key_dim // heads, value=value_dim // heads)
         if impl == "fla":
             fla_kernels.require_fla("gla", impl)
+            fla_kernels.require_fits("gla", impl, key=key_dim // heads, value=value_dim // heads)
         if chunk_size % subchunk_size:
             raise ValueError(f"gla: subchunk_size={subchunk_size} must divide chunk_size={chunk_size}")
         self.heads, self.key_dim, self.value_dim = heads, key_dim, value_dim
@@ -83,7 +86,8 @@ class GatedLinearAttention(Mixer):
         """The implementation that runs for inputs on ``device``."""
         if self.impl != "auto":
             return self.impl
-        return "fla" if device.type == "cuda" and fla_kernels.fla_unavailable() is None else "chunked"
+        on_fla = device.type == "cuda" and self._fla_fits and fla_kernels.fla_unavailable() is None
+        return "fla" if on_fla else "chunked"
 
     @property
     def backend(self) -> str:

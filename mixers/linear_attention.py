@@ -10,8 +10,8 @@ then an output projection. Projections carry biases, as in the authors' fast-tra
 ``impl=chunked`` runs the chunkwise-parallel form of ``mixers/ops/linear_attention.py``;
 ``impl=recurrent`` the token-by-token recurrence it is tested against; ``impl=fla`` fla's
 ``chunk_linear_attn`` Triton kernel for the numerator with the same normaliser formed beside it
-(``mixers/ops/fla_kernels.py``; CUDA); ``impl=auto`` fla on CUDA inputs where fla imports,
-``chunked`` otherwise. Every path has the same parameters and computes the same function. Decoding
+(``mixers/ops/fla_kernels.py``; CUDA); ``impl=auto`` fla on CUDA inputs where fla imports (and heads are at
+least 16 wide), ``chunked`` otherwise. Every path has the same parameters and computes the same function. Decoding
 carries (S, z): a fixed-size state.
 """
 from __future__ import annotations
@@ -77,8 +77,10 @@ class LinearAttention(Mixer):
             raise ValueError(f"linear_attention: feature_map must be one of {', '.join(FEATURE_MAPS)}, got {feature_map!r}")
         if impl not in IMPLS:
             raise ValueError(f"linear_attention: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        self._fla_fits = fla_kernels.fits(head=d_model // heads)
         if impl == "fla":
             fla_kernels.require_fla("linear_attention", impl)
+            fla_kernels.require_fits("linear_attention", impl, head=d_model // heads)
         self.heads, self.head_dim, self.eps, self.bias = heads, d_model // heads, eps, bias
         self.feature_map, self.chunk_size, self.impl = feature_map, chunk_size, impl
         self.phi = FEATURE_MAPS[feature_map]
@@ -89,7 +91,8 @@ class LinearAttention(Mixer):
         """The implementation that runs for inputs on ``device``."""
         if self.impl != "auto":
             return self.impl
-        return "fla" if device.type == "cuda" and fla_kernels.fla_unavailable() is None else "chunked"
+        on_fla = device.type == "cuda" and self._fla_fits and fla_kernels.fla_unavailable() is None
+        return "fla" if on_fla else "chunked"
 
     @property
     def backend(self) -> str:

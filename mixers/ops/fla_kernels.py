@@ -61,6 +61,24 @@ def fla_unavailable() -> str | None:
     return _import_error()
 
 
+# fla's chunk kernels tile each head's key and value widths by their next power of two and multiply the
+# tiles with Triton's tl.dot, which needs every dimension >= 16: narrower heads take the PyTorch path
+MIN_HEAD_WIDTH = 16
+
+
+def fits(**widths: int) -> bool:
+    """Whether per-head widths (e.g. ``key=8, value=16``) suit fla's chunk kernels."""
+    return all(w >= MIN_HEAD_WIDTH for w in widths.values())
+
+
+def require_fits(mixer: str, impl: str, **widths: int) -> None:
+    """Raise a ``ValueError`` naming the widths when they are below ``MIN_HEAD_WIDTH``."""
+    if not fits(**widths):
+        sizes = ", ".join(f"{name} {w}" for name, w in widths.items())
+        raise ValueError(f"{mixer}: impl={impl} needs per-head widths >= {MIN_HEAD_WIDTH} (fla's Triton tiles), "
+                         f"got {sizes}; use fewer heads, impl=auto or chunked")
+
+
 def require_fla(mixer: str, impl: str) -> None:
     """Raise a ``ValueError`` naming the option when ``impl`` (an fla path) cannot run here."""
     reason = fla_unavailable()

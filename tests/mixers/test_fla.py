@@ -17,7 +17,7 @@ import torch
 import mixers
 from mixers.ops import fla_kernels
 
-FLA_CASES = [  # (mixer, impl, options): small widths, several heads
+FLA_CASES = [  # (mixer, impl, options) at d_model 64: heads of 16 or more channels, as fla's tiles need
     ("gla", "fla", {"heads": 2, "chunk_size": 8, "subchunk_size": 4}),
     ("linear_attention", "fla", {"heads": 2, "chunk_size": 8}),
     ("linear_attention", "fla", {"heads": 4, "feature_map": "relu", "chunk_size": 8}),
@@ -126,6 +126,20 @@ def test_based_fla_kernels_check_feature_dim(fake_fla):
         mixers.build("based", 512, 64, feature_dim=256, heads=2, impl="fla_parallel")
 
 
+@pytest.mark.parametrize("name,options,fits", [
+    ("gla", {"heads": 4}, True), ("gla", {"heads": 8}, False),  # key widths 16 and 8 at d_model 128
+    ("linear_attention", {"heads": 8}, True), ("linear_attention", {"heads": 16}, False),
+    ("based", {"heads": 8}, True), ("based", {"heads": 16}, False),
+])
+def test_auto_takes_fla_on_cuda_only_for_heads_fla_tiles(fake_fla, name, options, fits):
+    mixer = mixers.build(name, 128, 64, **options)
+    assert mixer._path(torch.device("cuda")) == ("fla" if fits else "chunked")
+    assert mixer._path(torch.device("cpu")) == "chunked"
+    if not fits:
+        with pytest.raises(ValueError, match=f"{name}: impl=fla needs per-head widths >= 16"):
+            mixers.build(name, 128, 64, impl="fla", **options)
+
+
 def test_fla_path_needs_cuda_inputs():
     if fla_kernels.fla_unavailable() is not None:
         with pytest.raises(RuntimeError, match="impl=fla runs flash-linear-attention's Triton kernels"):
@@ -135,8 +149,8 @@ def test_fla_path_needs_cuda_inputs():
 # ---- CPU: the fla paths, on the documented maths, equal the PyTorch path -----------------------------------
 def pair(name, impl, options, seed):
     torch.manual_seed(seed)
-    ours = mixers.build(name, 16, 64, impl="chunked", **options).double()
-    fla = mixers.build(name, 16, 64, impl=impl, **options).double()
+    ours = mixers.build(name, 64, 64, impl="chunked", **options).double()
+    fla = mixers.build(name, 64, 64, impl=impl, **options).double()
     fla.load_state_dict(ours.state_dict())  # the same parameter names on every backend
     return ours, fla
 
@@ -146,8 +160,8 @@ def pair(name, impl, options, seed):
 def test_fla_path_on_documented_ops_equals_pytorch_path(fake_fla, name, impl, options, n):
     ours, fla = pair(name, impl, options, seed=n)
     assert fla.backend.startswith("fla-")
-    x = torch.randn(2, n, 16, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, n, 16, dtype=torch.float64)
+    x = torch.randn(2, n, 64, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, n, 64, dtype=torch.float64)
     grads = []
     for mixer in (ours, fla):
         y = mixer(x)
@@ -159,7 +173,7 @@ def test_fla_path_on_documented_ops_equals_pytorch_path(fake_fla, name, impl, op
 @pytest.mark.parametrize("name,impl,options", FLA_CASES)
 def test_fla_prefill_state_decodes_as_pytorch_path(fake_fla, name, impl, options):
     ours, fla = pair(name, impl, options, seed=3)
-    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    x = torch.randn(2, 12, 64, dtype=torch.float64)
     with torch.no_grad():
         (y_ours, s_ours), (y_fla, s_fla) = ours.prefill(x[:, :9]), fla.prefill(x[:, :9])
         assert torch.allclose(y_ours, y_fla, atol=1e-10)
@@ -191,7 +205,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @fla_here
 @pytest.mark.parametrize("name,impl", [("gla", "fla"), ("linear_attention", "fla"), ("based", "fla"),
                                        ("based", "fla_parallel"), ("based", "fla_fused_chunk")])
-@pytest.mark.parametrize("batch,n,d_model", [(2, 1, 64), (3, 100, 128), (2, 1000, 256), (1, 4096, 128)])
+@pytest.mark.parametrize("batch,n,d_model", [(2, 1, 128), (3, 100, 128), (2, 1000, 256), (1, 4096, 128)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, impl, batch, n, d_model, dtype):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # an exact float32 reference
