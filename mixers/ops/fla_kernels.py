@@ -20,12 +20,14 @@ denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
 - ``based_fused_chunk``: ``fused_chunk_based``'s kernel (``FusedChunkBasedFunction``), the same
   kernel value through chunked zeroth-, first- and second-order states (feature_dim <= 16),
   linear in length.
-- ``based_chunk``: fla's ``TaylorFeatureMap`` (153 features for f = 16 whose products give the
-  same kernel value) through ``chunk_linear_attn``; one zero feature is appended when the count is
-  odd (fla's 16-bit backward needs an even key width; a zero feature adds nothing).
+- ``based_chunk``: the distinct Taylor features (153 for f = 16, as fla's ``TaylorFeatureMap``:
+  their products give the same kernel value) through ``chunk_linear_attn``, fla's ``chunk`` mode of
+  ``BasedLinearAttention``; one zero feature is appended when the count is odd (fla's 16-bit
+  backward needs an even key width; a zero feature adds nothing).
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -35,14 +37,12 @@ import torch
 @lru_cache(maxsize=1)
 def fla_ops() -> SimpleNamespace:
     """fla's entry points used here, imported once (an ``ImportError`` where fla is absent)."""
-    from fla.modules.feature_map import TaylorFeatureMap
     from fla.ops.based.fused_chunk import FusedChunkBasedFunction
     from fla.ops.based.parallel import ParallelBasedFunction
     from fla.ops.gla import chunk_gla
     from fla.ops.linear_attn import chunk_linear_attn
     return SimpleNamespace(chunk_gla=chunk_gla, chunk_linear_attn=chunk_linear_attn,
-                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply,
-                           TaylorFeatureMap=TaylorFeatureMap)
+                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply)
 
 
 @lru_cache(maxsize=1)
@@ -134,15 +134,19 @@ def based_fused_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: fl
     return normalise(numerator, denominator, eps).transpose(1, 2)
 
 
-def taylor_features_fla(x: torch.Tensor) -> torch.Tensor:
-    """fla's Taylor feature map of ``x (..., f)`` (``1 + f + f (f + 1) / 2`` features, padded to an
-    even count with a zero): ``phi(x) . phi(y) = 1 + x.y / sqrt(f) + (x.y)^2 / (2 f)``."""
-    phi = fla_ops().TaylorFeatureMap(head_dim=x.shape[-1])(x)
-    if phi.shape[-1] % 2:
-        phi = torch.nn.functional.pad(phi, (0, 1))
-    return phi
+def distinct_taylor_features(x: torch.Tensor) -> torch.Tensor:
+    """``x (..., f)`` -> ``[1, x / f^(1/4), x_i^2 / (sqrt 2 sqrt f), x_i x_j / sqrt f (i < j)]`` (``1 + f +
+    f (f + 1) / 2`` features, padded to an even count with a zero):
+    ``phi(x) . phi(y) = 1 + x.y / sqrt(f) + (x.y)^2 / (2 f)``."""
+    f = x.shape[-1]
+    i, j = torch.triu_indices(f, f, 1, device=x.device)
+    parts = [torch.ones_like(x[..., :1]), x / f ** 0.25, x * x / (math.sqrt(2.0) * math.sqrt(f)),
+             x[..., i] * x[..., j] / math.sqrt(f)]
+    if (1 + f + f * (f + 1) // 2) % 2:
+        parts.append(torch.zeros_like(x[..., :1]))
+    return torch.cat(parts, dim=-1)
 
 
 def based_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
-    """As ``based_parallel`` through fla's Taylor features and ``chunk_linear_attn``, O(n) work."""
-    return linear_attention(taylor_features_fla(q), taylor_features_fla(k), v, eps)[0]
+    """As ``based_parallel`` through the distinct Taylor features and ``chunk_linear_attn``, O(n) work."""
+    return linear_attention(distinct_taylor_features(q), distinct_taylor_features(k), v, eps)[0]

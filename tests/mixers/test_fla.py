@@ -65,35 +65,25 @@ def fake_based_head_first(q, k, v, scale):
     return a @ v, a.sum(-1)
 
 
-class FakeTaylorFeatureMap:
-    """fla's TaylorFeatureMap: [1, x / d^(1/4), x_i^2 / (sqrt 2 sqrt d), x_i x_j / sqrt d for i < j]."""
-
-    def __init__(self, head_dim):
-        self.d = head_dim
-
-    def __call__(self, x):
-        i, j = torch.triu_indices(self.d, self.d, 1)
-        return torch.cat([torch.ones_like(x[..., :1]), x / self.d ** 0.25, x**2 / (math.sqrt(2) * math.sqrt(self.d)),
-                          x[..., i] * x[..., j] / math.sqrt(self.d)], dim=-1)
-
-
 @pytest.fixture
 def fake_fla(monkeypatch):
     """fla's ops replaced by their documented maths, available on CPU."""
     ops = SimpleNamespace(chunk_gla=fake_chunk_gla, chunk_linear_attn=fake_chunk_linear_attn,
-                          parallel_based=fake_based_head_first, fused_chunk_based=fake_based_head_first,
-                          TaylorFeatureMap=FakeTaylorFeatureMap)
+                          parallel_based=fake_based_head_first, fused_chunk_based=fake_based_head_first)
     monkeypatch.setattr(fla_kernels, "fla_ops", lambda: ops)
     monkeypatch.setattr(fla_kernels, "fla_unavailable", lambda: None)
     monkeypatch.setattr(fla_kernels, "require_cuda_input", lambda *args: None)
 
 
-def test_fake_taylor_features_give_the_kernel():
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(6, 16, generator=gen, dtype=torch.float64), torch.randn(6, 16, generator=gen, dtype=torch.float64)
-    phi = FakeTaylorFeatureMap(16)
-    s = (x * y).sum(-1) / 4
-    assert phi(x).shape[-1] == 153 and torch.allclose((phi(x) * phi(y)).sum(-1), 1 + s + s**2 / 2)
+@pytest.mark.parametrize("f", [1, 3, 4, 16])
+def test_distinct_taylor_features_give_the_kernel(f):
+    gen = torch.Generator().manual_seed(f)
+    x, y = torch.randn(6, f, generator=gen, dtype=torch.float64), torch.randn(6, f, generator=gen, dtype=torch.float64)
+    phi = fla_kernels.distinct_taylor_features
+    s = (x * y).sum(-1) / math.sqrt(f)
+    count = 1 + f + f * (f + 1) // 2
+    assert phi(x).shape[-1] == count + count % 2  # 153 -> 154 at f = 16: an even key width
+    assert torch.allclose((phi(x) * phi(y)).sum(-1), 1 + s + s**2 / 2)
 
 
 # ---- CPU: selection and errors ---------------------------------------------------------------------------
@@ -218,13 +208,15 @@ def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, impl, batch, n
     x = torch.randn(batch, n, d_model, device="cuda", generator=gen, requires_grad=True)
     w = torch.randn(batch, n, d_model, device="cuda", generator=gen)
     results = []
-    for mixer, autocast in ((ours, torch.float32), (fla, dtype)):  # the reference in float32
+    # the reference in float32; our path in ``dtype`` too, to say how far its own rounding goes
+    for mixer, autocast in ((ours, torch.float32), (fla, dtype), (ours, dtype)):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast == torch.bfloat16):
             y = mixer(x)
         results.append((y.float(), *torch.autograd.grad((y.float() * w).sum(), [x, *mixer.parameters()])))
-    ref, got = results
-    for (label, _), a, b in zip([("output", None), ("input", None), *ours.named_parameters()], got, ref):
-        assert relative_error(a, b) <= TOLERANCE[dtype], (label, relative_error(a, b))
+    ref, got, ours_rounded = results
+    labels = ["output", "input gradient", *(f"{name} gradient" for name, _ in ours.named_parameters())]
+    for label, a, b, c in zip(labels, got, ref, ours_rounded):
+        assert relative_error(a, b) <= TOLERANCE[dtype], (label, relative_error(a, b), "pytorch path:", relative_error(c, b))
 
 
 @pytest.mark.gpu
