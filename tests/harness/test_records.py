@@ -58,6 +58,20 @@ def test_record_contents(tmp_path):
     assert record["config"]["train"]["profile"] == "test"
 
 
+def test_record_names_the_backend_of_the_model_on_its_run_device(tmp_path, monkeypatch):
+    """impl=auto mixers pick their kernels by device (fla, Triton on CUDA): the backend is read after the move."""
+    from harness.model import SequenceModel
+    move = SequenceModel.to
+
+    def to(self, *args, **kwargs):
+        self.moved = True
+        return move(self, *args, **kwargs)
+
+    monkeypatch.setattr(SequenceModel, "to", to)
+    monkeypatch.setattr(SequenceModel, "backend", property(lambda self: "moved" if getattr(self, "moved", False) else "built"))
+    assert execute(make_config(*TINY, results_dir=tmp_path))["backend"] == "moved"
+
+
 def test_divergence_is_recorded_not_raised(tmp_path):
     record = execute(make_config(*TINY, "train.lr=1e6", "train.grad_clip=0", "train.steps=40", "train.eval_every=5",
                                  results_dir=tmp_path))
