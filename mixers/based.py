@@ -8,11 +8,12 @@ feature map ``phi(x) = [1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))]`` with d
 normalised causal linear attention ``phi(q_t) S_t / (phi(q_t) . z_t + eps)`` through the chunked
 form of ``mixers/ops/linear_attention.py`` (``impl=recurrent``: the token-by-token reference), and an
 output projection. On CUDA, fla's kernels compute the same kernel value and normaliser from the
-projected q, k (``mixers/ops/fla_kernels.py``): ``impl=fla`` through fla's Taylor features and its
-chunked linear-attention kernel (O(n)), ``fla_parallel`` fla's ``parallel_based`` (O(n^2) work, the
-default of fla's ``BasedLinearAttention``), ``fla_fused_chunk`` fla's ``fused_chunk_based``
-(feature_dim <= 16); ``impl=auto`` is ``fla`` on CUDA inputs where fla imports (and heads
-are at least 16 wide), ``chunked`` otherwise. Every path has the same parameters; decoding state is formed with this file's features.
+projected q, k (``mixers/ops/fla_kernels.py``): ``impl=fla`` through the distinct Taylor features
+(as fla's ``TaylorFeatureMap``) and fla's chunked linear-attention kernel (O(n)), ``fla_parallel``
+fla's ``parallel_based`` (O(n^2) work, the default of fla's ``BasedLinearAttention``),
+``fla_fused_chunk`` fla's ``fused_chunk_based`` (feature_dim <= 16); ``impl=auto`` is ``fla`` on
+CUDA inputs where fla imports (and heads are at least 16 wide), ``chunked`` otherwise. Every path
+has the same parameters; the decoding state after a prefill is formed with this file's features.
 
 Sliding-window branch: ``mixers/sliding_window_attention.py`` with ``window`` (64) positions.
 The paper builds a model from separate layers (Taylor linear attention, sliding-window attention
@@ -117,7 +118,8 @@ class Based(Mixer):
     def _fla_linear(self, x: torch.Tensor, path: str) -> torch.Tensor:
         """The linear-attention branch through fla's kernel ``path``: ``x (b, n, d)`` -> ``(b, n, d)``."""
         fla_kernels.require_cuda_input("based", self.impl, x)
-        q, k, v = (rearrange(proj(x), "b n (h e) -> b n h e", h=self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (rearrange(proj(x), "b n (h e) -> b n h e", h=self.heads)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
         return self.o_proj(rearrange(FLA_OPS[path](q, k, v, self.eps), "b n h e -> b n (h e)"))
 
     def _features(self, x: torch.Tensor, pattern: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

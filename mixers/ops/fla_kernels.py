@@ -107,7 +107,8 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> t
     return o, state.to(v.dtype)
 
 
-def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised causal linear attention: feature-mapped ``q, k (b, n, h, dk)``, ``v (b, n, h, dv)`` ->
     ``o_t = q_t S_t / (q_t . z_t + eps)`` ``(b, n, h, dv)`` and the state ``[S, z] (b, h, dk, dv + 1)``
     (the PyTorch path's layout: z is the ones column's state)."""

@@ -68,7 +68,8 @@ def test_record_names_the_backend_of_the_model_on_its_run_device(tmp_path, monke
         return move(self, *args, **kwargs)
 
     monkeypatch.setattr(SequenceModel, "to", to)
-    monkeypatch.setattr(SequenceModel, "backend", property(lambda self: "moved" if getattr(self, "moved", False) else "built"))
+    monkeypatch.setattr(SequenceModel, "backend",
+                        property(lambda self: "moved" if getattr(self, "moved", False) else "built"))
     assert execute(make_config(*TINY, results_dir=tmp_path))["backend"] == "moved"
 
 
