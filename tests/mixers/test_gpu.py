@@ -22,6 +22,25 @@ def test_fft_toeplitz_bf16_on_gpu(n):
     assert float((fast - ref).norm() / ref.norm()) <= 1e-2
 
 
+@pytest.mark.parametrize("n", [1, 300, 4096])
+@pytest.mark.parametrize("slice_samples", [1 << 25, 1 << 14])  # one slice of channels, or several
+def test_lean_fft_toeplitz_on_gpu(monkeypatch, n, slice_samples):
+    """tnn's and hyena's product on a transposed bf16 input (as they call it): values and gradients."""
+    from mixers.ops import toeplitz
+    monkeypatch.setattr(toeplitz, "LEAN_FFT_SLICE_SAMPLES", slice_samples)
+    gen = torch.Generator(device="cuda").manual_seed(n)
+    x = torch.randn(2, n, 48, device="cuda", generator=gen).bfloat16().transpose(1, 2).requires_grad_()
+    k = (torch.randn(48, n, device="cuda", generator=gen) / n**0.5).requires_grad_()
+    w = torch.randn(2, 48, n, device="cuda", generator=gen)
+    x64, k64 = x.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+    ref = causal_toeplitz_dense(x64, k64)
+    lean = toeplitz.causal_toeplitz_fft_lean(x, k)
+    assert lean.dtype == torch.bfloat16 and float((lean.double() - ref).norm() / ref.norm()) <= 1e-2
+    for a, b in zip(torch.autograd.grad((lean.float() * w).sum(), [x, k]),
+                    torch.autograd.grad((ref * w.double()).sum(), [x64, k64])):
+        assert float((a.double() - b).norm() / b.norm()) <= 1e-2
+
+
 @pytest.mark.skipif(not kernels_available(), reason="needs mamba_ssm")
 @pytest.mark.parametrize("length", [37, 700])
 def test_mamba_ssm_kernels_equal_torch_path(length):
