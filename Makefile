@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mixbench-installed
 # Extra Hydra overrides for any benchmark, e.g. make copy-benchmark ARGS="seed=0,1,2"
 ARGS   ?=
-# Launcher overrides for this machine (harness/launch.py): on a CPU-only machine one single-threaded
+# Launcher overrides for this machine (harness/launch/profile.py): on a CPU-only machine one single-threaded
 # process per core and the CPU-sized mixer list; with several GPUs one process per GPU; with one GPU
 # runs one after another. Evaluated after `setup`, when .venv exists.
 CPU_MIXERS ?= mamba,hyena,tmm,attention
@@ -43,15 +43,15 @@ recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup
 
 # Forward + backward time and memory against sequence length (conf/scaling/{cpu,gpu}.yaml by hardware).
 scaling-benchmark: setup
-	$(PY) -m harness.scaling $(ARGS)
+	$(PY) -m harness.bench.scaling $(ARGS)
 
 # Prefill and per-token decode throughput through each mixer's cache or state (conf/generation/).
 generation-benchmark: setup
-	$(PY) -m harness.generation $(ARGS)
+	$(PY) -m harness.bench.generation $(ARGS)
 
 # What the harness adds to a run (start-up, data, logging, evaluation) against pure training.
 overhead: setup
-	$(PY) -m harness.overhead $(ARGS)
+	$(PY) -m harness.bench.overhead $(ARGS)
 
 report: setup
 	$(PY) -m harness.report --all

@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from harness import device as run_device_module
-from harness import gpus
-from harness.run import CONF_DIR, default_overrides
+from harness.run import device as run_device_module
+from harness.run import gpus
+from harness.run.execute import CONF_DIR, default_overrides
 from tests.harness.helpers import make_config
 
 
@@ -58,7 +58,7 @@ def test_a_killed_job_frees_its_gpu(tmp_path):
 
 
 def test_runs_on_a_multi_gpu_machine_take_different_devices(tmp_path, monkeypatch):
-    """harness.device with CUDA faked: two runs at once get cuda:0 and cuda:1; the GPU is set before use."""
+    """harness.run.device with CUDA faked: two runs at once get cuda:0 and cuda:1; the GPU is set before use."""
     chosen = []
     monkeypatch.setattr(run_device_module, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(run_device_module, "gpu_ids", lambda: ["GPU-aaaa", "GPU-bbbb"])

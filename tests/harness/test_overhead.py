@@ -1,7 +1,7 @@
 """The overhead script measures a real run against a bare loop and prints its table."""
 from __future__ import annotations
 
-from harness import overhead
+from harness.bench import overhead
 from tests.harness.helpers import TINY
 
 

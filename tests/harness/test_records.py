@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from harness import records
-from harness.run import execute
+from harness.run import records
+from harness.run.execute import execute
 from tests.harness.helpers import make_config
 
 TINY = ("train.steps=4", "train.eval_every=2", "train.warmup_steps=1", "task.max_train_len=4", "task.eval_lengths=[4]",

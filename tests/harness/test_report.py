@@ -5,9 +5,9 @@ import json
 
 import pandas as pd
 
-from harness import report
-from harness.records import write_atomic
-from harness.run import execute
+from harness.report import kit as report
+from harness.run.execute import execute
+from harness.run.records import write_atomic
 from tests.harness.helpers import make_config
 
 TINY = ("train.steps=4", "train.eval_every=2", "train.warmup_steps=1", "task.max_train_len=4",

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import report
-from harness.report_recall import best_lr
-from harness.run import execute
+from harness.report import kit as report
+from harness.report.recall import best_lr
+from harness.run.execute import execute
 from tests.harness.helpers import make_config
 
 TINY = ("train.steps=2", "train.eval_every=1", "train.warmup_steps=1", "mixer.heads=2", "train.threads=1")

@@ -12,9 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from harness import report
-from harness.preflight import job_overrides, preflight
-from harness.run import CONF_DIR, execute
+from harness.launch.preflight import job_overrides, preflight
+from harness.report import kit as report
+from harness.run.execute import CONF_DIR, execute
 from tests.harness.helpers import TINY, make_config
 
 ROOT = Path(__file__).resolve().parents[2]

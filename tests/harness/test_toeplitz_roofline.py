@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from harness.config import ConfigError
-from harness.toeplitz_roofline import main_with, roofline
+from harness.bench.toeplitz_roofline import main_with, roofline
+from harness.run.config import ConfigError
 from mixers.ops import flops as F
 from mixers.tmm import fused_tile_flops
 

@@ -1,5 +1,5 @@
-"""The Hydra entry point shared by the benchmarks (``harness.scaling``, ``harness.generation``,
-``harness.toeplitz_bench``): a main that resolves the config, runs the benchmark and turns a
+"""The Hydra entry point shared by the benchmarks (``harness.bench.scaling``, ``harness.bench.generation``,
+``harness.bench.toeplitz_bench``): a main that resolves the config, runs the benchmark and turns a
 ``ConfigError`` into one logged line and exit status 2; and the hardware profile override that
 ``python -m`` adds when the command line chose none.
 """
@@ -12,7 +12,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from harness.config import CONF_DIR, ConfigError, to_dict
+from harness.run.config import CONF_DIR, ConfigError, to_dict
 
 
 def entry_point(config_name: str, main_with: Callable[[dict], object], log: logging.Logger) -> Callable[[], None]:

@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness.run import fields as F
+from harness.run.faults import is_out_of_memory
+from harness.run.matching import MatchError, match_parameters
+from harness.run.model import SequenceModel
+from harness.run.train import TrainConfig
 import mixers
-import tasks
-from harness import fields as F
-from harness.faults import is_out_of_memory
-from harness.matching import MatchError, match_parameters
-from harness.model import SequenceModel
-from harness.train import TrainConfig
 from tasks import UnknownTaskError, build_task
+import tasks
 from tasks.base import Task, TaskConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,7 +35,7 @@ MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_
 MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
 MAX_SEED = 2**63 - 1
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 class ConfigError(ValueError):

@@ -18,11 +18,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.environment import hardware_label
-from harness.report import _mean_std, _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
-from tasks.mqar import parse_setting
+from harness.report.kit import hardware_label, _mean_std, _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
 
 SWEPT = ("model.d_model", "train.lr")
+
+
+def parse_setting(name: str) -> tuple[int, int]:
+    """``(seq_len, num_kv_pairs)`` of an MQAR evaluation set's name in a record, ``L<seq_len>-kv<pairs>``."""
+    length, kv = name.removeprefix("L").split("-kv")
+    return int(length), int(kv)
 
 
 def width(record: dict) -> int:

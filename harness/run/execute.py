@@ -8,7 +8,7 @@
     ... -m +experiment=copy_benchmark hydra/launcher=gpu_parallel      # one run per GPU at a time
     ... -m +experiment=copy_benchmark hydra/launcher=slurm hydra.launcher.partition=gpu
 
-A sweep is checked whole before anything trains (harness.preflight).
+A sweep is checked whole before anything trains (harness.launch.preflight).
 
 Without a ``train=...`` override the training profile follows the hardware: ``train=gpu`` when
 CUDA is visible or the Slurm launcher is chosen, ``train=cpu`` otherwise. A finished record with
@@ -31,13 +31,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import eval_sets as frozen
-from harness.config import CONF_DIR, ConfigError, check_forward, make_model, to_dict, validate
-from harness.device import CUBLAS_DETERMINISTIC, run_device, set_determinism
-from harness.environment import environment
-from harness.faults import failed_fields, is_out_of_memory, oom_fields
-from harness.records import FINISHED, read_record, record_path, run_id, write_atomic
-from harness.train import Diverged, train
+from harness.run import eval_sets as frozen
+from harness.run.config import CONF_DIR, ConfigError, check_forward, make_model, to_dict, validate
+from harness.run.device import CUBLAS_DETERMINISTIC, run_device, set_determinism
+from harness.run.environment import environment
+from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
+from harness.run.records import FINISHED, read_record, record_path, run_id, write_atomic
+from harness.run.train import Diverged, train
 
 log = logging.getLogger("mixbench")
 # conf/hydra/launcher/gpu_parallel.yaml: one parallel job per GPU slot of this machine
@@ -146,7 +146,7 @@ def stop_on_sigterm() -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    stop_on_sigterm()  # also in joblib workers and Slurm jobs, which do not run __main__ below
+    stop_on_sigterm()  # also in joblib workers and Slurm jobs, which do not run cli()
     try:
         execute(to_dict(cfg))
     except ConfigError as err:
@@ -164,9 +164,10 @@ def default_overrides(argv: list[str]) -> list[str]:
     return argv + ["train=gpu" if gpu else "train=cpu"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m harness.run``: the hardware's training profile unless one is chosen, then the Hydra main."""
     sys.argv = default_overrides(sys.argv)
-    if "deterministic=true" in sys.argv[1:]:  # before anything starts cuBLAS (see harness.device)
+    if "deterministic=true" in sys.argv[1:]:  # before anything starts cuBLAS (see harness.run.device)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
     stop_on_sigterm()
     try:

@@ -23,24 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from harness.environment import hardware_label
-from harness.report import _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def mean_std(values: list[float], digits: int = 3, scale: float = 1.0) -> str:
-    """``mean ± std`` (sample std over seeds) of ``scale * values``; ``-`` when empty."""
-    if not values:
-        return "-"
-    values = [scale * v for v in values]
-    m = mean(values)
-    if len(values) == 1:
-        return f"{m:.{digits}f}"
-    std = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{m:.{digits}f} ± {std:.{digits}f}"
+from harness.report.kit import hardware_label, mean, mean_std, _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
 
 
 def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:

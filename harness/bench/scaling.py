@@ -1,7 +1,7 @@
 """The scaling benchmark: forward + backward time and memory of each mixer against sequence length.
 
-    python -m harness.scaling                       # profile by hardware (conf/scaling/{cpu,gpu}.yaml)
-    python -m harness.scaling only=[tmm,attention] scaling.lengths=[1024,4096]
+    python -m harness.bench.scaling                       # profile by hardware (conf/scaling/{cpu,gpu}.yaml)
+    python -m harness.bench.scaling only=[tmm,attention] scaling.lengths=[1024,4096]
 
 At a fixed number of tokens per batch (batch = tokens // n), each variant runs ``warmup`` untimed
 and ``repeats`` timed passes per length (median; CUDA events on GPU) and one pass under a
@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from harness.bench.measure import memory_forward_backward, time_forward_backward
+from harness.launch.entry import entry_point, with_profile
+from harness.report.kit import hardware_label
+from harness.run.config import ConfigError, resolve_device
+from harness.run.environment import environment
+from harness.run.execute import CONF_DIR
+from harness.run.records import write_atomic
 import mixers
-from harness.cli import entry_point, with_profile
-from harness.config import ConfigError, resolve_device
-from harness.environment import environment, hardware_label
-from harness.measure import memory_forward_backward, time_forward_backward
-from harness.records import write_atomic
-from harness.run import CONF_DIR
 
 log = logging.getLogger("mixbench.scaling")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -136,7 +137,7 @@ def main_with(cfg: dict) -> dict:
                                     "backend": " / ".join(dict.fromkeys(r["backend"] for r in rows if r["status"] == "ok")) or "-"}
     out_dir = Path(cfg["results_dir"]) / "scaling" / scfg["profile"]
     write_atomic(out_dir / "measurements.json", result)
-    from harness.scaling_report import write_scaling_report
+    from harness.report.scaling import write_scaling_report
 
     for path in write_scaling_report(result, out_dir):
         log.info("wrote %s", path)

@@ -1,10 +1,10 @@
 """What the harness costs per run, against pure training, on this machine.
 
-    python -m harness.overhead                       # one copy run at the machine's profile (train=cpu here)
-    python -m harness.overhead mixer=attention train=gpu train.steps=500
-    python -m harness.overhead --repeats=3 mixer=hyena      # the fastest of 3 (default 2) counts
+    python -m harness.bench.overhead                       # one copy run at the machine's profile (train=cpu here)
+    python -m harness.bench.overhead mixer=attention train=gpu train.steps=500
+    python -m harness.bench.overhead --repeats=3 mixer=hyena      # the fastest of 3 (default 2) counts
 
-Runs ``harness.run.execute`` on one config with a timer around each of its parts (the real code
+Runs ``harness.run.execute.execute`` on one config with a timer around each of its parts (the real code
 path, nothing re-implemented), then the same model on the same batches in a bare loop (forward,
 backward, clip, AdamW step; nothing else) for the pure training time, and prints a table.
 Process start-up (imports, torch's set-up at the first optimiser, the first training steps'
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from harness import run
-from harness import train as train_module
-from harness.cli import with_profile
-from harness.config import load, make_model, validate
-from harness.train import lr_factor, masked_cross_entropy, param_groups
+from harness.launch.entry import with_profile
+from harness.run import execute as run
+from harness.run import train as train_module
+from harness.run.config import load, make_model, validate
+from harness.run.train import lr_factor, masked_cross_entropy, param_groups
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # CPU: this process's CPU time, which other processes on a shared machine hardly disturb (run it
 # with train.threads=1 for the cleanest numbers). GPU: wall time with synchronisation.
 clock = time.perf_counter if torch.cuda.is_available() else time.process_time
@@ -40,7 +40,7 @@ WARMUP_STEPS = 10  # steps timed twice in a fresh process: the difference is its
 def startup_s() -> float:
     """Seconds for a fresh interpreter to import the harness (what every new process pays)."""
     before = os.times()
-    subprocess.run([sys.executable, "-c", "import harness.run"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", "import harness.run.execute"], cwd=ROOT, check=True)
     after = os.times()
     if clock is time.process_time:
         return (after.children_user + after.children_system) - (before.children_user + before.children_system)

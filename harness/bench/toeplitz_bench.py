@@ -1,8 +1,8 @@
 """Bare causal Toeplitz product on the GPU: fused Triton kernel vs the FFT path vs a copy of x.
 
-    python -m harness.toeplitz_bench                    # conf/toeplitz_bench.yaml
-    python -m harness.toeplitz_bench lengths=[1024,4096] tiles=[[64,128]]
-    python -m harness.toeplitz_bench tune.lengths=[1024]      # also time the forward's launch grid
+    python -m harness.bench.toeplitz_bench                    # conf/toeplitz_bench.yaml
+    python -m harness.bench.toeplitz_bench lengths=[1024,4096] tiles=[[64,128]]
+    python -m harness.bench.toeplitz_bench tune.lengths=[1024]      # also time the forward's launch grid
 
 For each length (batch = tokens // n) and path: forward time, forward + backward time (medians of
 ``repeats`` after ``warmup``, CUDA events around each synchronised call, so host launch latency
@@ -25,10 +25,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from harness.cli import entry_point
-from harness.config import ConfigError, resolve_device
-from harness.environment import environment
-from harness.records import write_atomic
+from harness.launch.entry import entry_point
+from harness.run.config import ConfigError, resolve_device
+from harness.run.environment import environment
+from harness.run.records import write_atomic
 from mixers.tmm import ToeplitzCausal
 
 log = logging.getLogger("mixbench.toeplitz_bench")

@@ -11,7 +11,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from harness.memory import PeakMemory
+from harness.run.memory import PeakMemory
 from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
 
 
@@ -128,7 +128,7 @@ def progress_bar(enabled: bool) -> Progress:
 def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
           description: str = "train", eval_sets: dict[str, Batch] | None = None) -> TrainResult:
     """Train ``model`` on ``task`` and evaluate on ``eval_sets`` (the task's own when None, e.g. the
-    frozen copies ``harness.eval_sets`` loads); raises ``Diverged`` on a non-finite loss."""
+    frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite loss."""
     result = TrainResult()
     eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),

@@ -15,9 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.environment import hardware_label
-from harness.report import _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
-from harness.report_icl import mean, mean_std
+from harness.report.kit import hardware_label, mean, mean_std, _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
 
 TASKS = ("lm_text", "copy_text")
 

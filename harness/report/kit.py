@@ -27,10 +27,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.environment import hardware_label  # noqa: E402
-from harness.records import load_records, stray_temporaries  # noqa: E402
+from harness.run.records import load_records, stray_temporaries  # noqa: E402
 
 THRESHOLDS = (0.9, 0.99)
+
+
+def hardware_label(env: dict) -> str:
+    """Short label of a record's ``environment``: the GPU name, or '<n>-thread CPU (<m> cores)'."""
+    if env.get("device") == "cuda":
+        return str(env.get("gpu", "cuda"))
+    return f"{env.get('torch_threads', '?')}-thread CPU ({env.get('cpu_count', '?')} cores)"
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:
@@ -48,8 +54,8 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
 IGNORED_KEYS = ("seed", "results_dir", "force", "concurrent_runs", "train.progress", "train.threads", "task.cache_dir")
 
 # task name -> module with ``report(records, benchmark, profile, out_dir) -> list[Path]``
-TASK_REPORTS = {"mqar": "harness.report_recall", "icl_regression": "harness.report_icl",
-                "icl_language": "harness.report_icl", "lm_text": "harness.report_lm", "copy_text": "harness.report_lm"}
+TASK_REPORTS = {"mqar": "harness.report.recall", "icl_regression": "harness.report.icl",
+                "icl_language": "harness.report.icl", "lm_text": "harness.report.lm", "copy_text": "harness.report.lm"}
 
 
 def varying_keys(records: list[dict]) -> list[str]:
@@ -81,6 +87,22 @@ def flops_to_reach(curve: list[dict], threshold: float, metric: str = "accuracy_
         if point.get(metric, -math.inf) >= threshold:
             return point["train_flops"]
     return None
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def mean_std(values: list[float], digits: int = 3, scale: float = 1.0) -> str:
+    """``mean ± std`` (sample std over seeds) of ``scale * values``; ``-`` when empty."""
+    if not values:
+        return "-"
+    values = [scale * v for v in values]
+    m = mean(values)
+    if len(values) == 1:
+        return f"{m:.{digits}f}"
+    std = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{m:.{digits}f} ± {std:.{digits}f}"
 
 
 def _mean_std(values: list[float]) -> str:

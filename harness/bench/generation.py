@@ -1,6 +1,6 @@
 """Generation throughput: prefill a prompt in parallel, then decode token by token.
 
-    python -m harness.generation [mixers=[tmm,attention]] [generation.prompt_length=1024]
+    python -m harness.bench.generation [mixers=[tmm,attention]] [generation.prompt_length=1024]
 
 Per mixer, inside the identical backbone: prefill time and tokens/s, per-token decode time and
 tokens/s (median of ``repeats``), the decoding state per sequence and layer after the prompt and
@@ -18,13 +18,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from harness.cli import entry_point, with_profile
-from harness.config import ConfigError, resolve_device
-from harness.environment import environment, hardware_label
-from harness.model import SequenceModel
-from harness.records import write_atomic
-from harness.report import write_table
-from harness.scaling import DTYPES, variant_options
+from harness.bench.scaling import DTYPES, variant_options
+from harness.launch.entry import entry_point, with_profile
+from harness.report.kit import hardware_label, write_table
+from harness.run.config import ConfigError, resolve_device
+from harness.run.environment import environment
+from harness.run.model import SequenceModel
+from harness.run.records import write_atomic
 
 log = logging.getLogger("mixbench.generation")
 
