@@ -18,7 +18,6 @@ from harness.run.matching import MatchError, match_parameters
 from harness.run.model import SequenceModel
 from harness.run.train import TrainConfig
 import mixers
-from tasks import UnknownTaskError, build_task
 import tasks
 from tasks.base import Task, TaskConfigError
 
@@ -111,15 +110,13 @@ def make_task(task_cfg: dict) -> Task:
     _check("name" in task_cfg, "task.name", "missing")
     _check_type("task.name", task_cfg["name"], str)
     options = {k: v for k, v in task_cfg.items() if k != "name"}
-    cls = tasks._TASKS.get(task_cfg["name"])  # noqa: SLF001 - the registry has no public class lookup yet
-    if cls is not None:
-        hints = F.hints(cls.__init__)
+    try:
+        hints = F.hints(tasks.task_class(task_cfg["name"]).__init__)
         for key, value in options.items():
             if key in hints:
                 _check_type(f"task.{key}", value, hints[key])
-    try:
-        return build_task(task_cfg["name"], **options)
-    except (UnknownTaskError, TaskConfigError) as err:
+        return tasks.build(task_cfg["name"], **options)
+    except (tasks.UnknownTaskError, TaskConfigError) as err:
         raise ConfigError(str(err)) from None
 
 
