@@ -13,7 +13,6 @@ import logging
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -24,7 +23,7 @@ from harness.report.kit import hardware_label, write_table
 from harness.run.config import ConfigError, resolve_device
 from harness.run.environment import environment
 from harness.run.model import SequenceModel
-from harness.run.records import write_atomic
+from harness.run.records import results_folder, write_atomic
 
 log = logging.getLogger("mixbench.generation")
 
@@ -103,7 +102,7 @@ def main_with(cfg: dict) -> dict:
             log.warning("%s failed: %s", name, err)
         result["rows"].append(row)
         del model
-    out_dir = Path(cfg["results_dir"]) / "generation" / g["profile"]
+    out_dir = results_folder(cfg["results_dir"], "generation") / g["profile"]
     write_atomic(out_dir / "measurements.json", result)
     table = pd.DataFrame([{
         "mixer": r["mixer"], "backend": r["backend"], "params": r["params"], "status": r["status"],

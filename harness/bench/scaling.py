@@ -13,24 +13,20 @@ time_vs_length.{png,pdf} and memory_vs_length.{png,pdf}.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import traceback
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from harness.bench.measure import memory_forward_backward, time_forward_backward
 from harness.launch.entry import entry_point, with_profile
-from harness.report.kit import hardware_label
 from harness.run.config import ConfigError, resolve_device
 from harness.run.environment import environment
-from harness.run.execute import CONF_DIR
-from harness.run.records import write_atomic
+from harness.run.records import results_folder, write_atomic
 import mixers
+from mixers.catalogue import mixer_defaults
 
 log = logging.getLogger("mixbench.scaling")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,10 +36,10 @@ def variant_options(spec: dict) -> tuple[str, dict]:
     """Registry name and options: conf/mixer/<mixer>.yaml overridden by the variant's own keys."""
     spec = {k: v for k, v in spec.items() if k not in ("max_length", "cuda_only")}
     name = spec.pop("mixer")
-    path = Path(CONF_DIR) / "mixer" / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"variants: no conf/mixer/{name}.yaml; valid mixers: {', '.join(mixers.available())}")
-    options = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "name"}
+    try:
+        options = mixer_defaults(name)
+    except FileNotFoundError:
+        raise ConfigError(f"variants: no conf/mixer/{name}.yaml; valid mixers: {', '.join(mixers.available())}") from None
     options.update(spec)
     return name, options
 
@@ -135,7 +131,7 @@ def main_with(cfg: dict) -> dict:
         result["variants"][name] = {"rows": rows, "declared": declared,
                                     "fitted": fitted_slopes(rows, cfg["fit_from"]),
                                     "backend": " / ".join(dict.fromkeys(r["backend"] for r in rows if r["status"] == "ok")) or "-"}
-    out_dir = Path(cfg["results_dir"]) / "scaling" / scfg["profile"]
+    out_dir = results_folder(cfg["results_dir"], "scaling") / scfg["profile"]
     write_atomic(out_dir / "measurements.json", result)
     from harness.report.scaling import write_scaling_report
 

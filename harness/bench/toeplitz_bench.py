@@ -28,7 +28,7 @@ import torch
 from harness.launch.entry import entry_point
 from harness.run.config import ConfigError, resolve_device
 from harness.run.environment import environment
-from harness.run.records import write_atomic
+from harness.run.records import results_folder, write_atomic
 from mixers.tmm import ToeplitzCausal
 
 log = logging.getLogger("mixbench.toeplitz_bench")
@@ -131,7 +131,7 @@ def main_with(cfg: dict) -> list[dict]:
             rows.append(row)
             del layer
             torch.cuda.empty_cache()
-    out = Path(cfg["results_dir"]) / "scaling" / "gpu_toeplitz"
+    out = results_folder(cfg["results_dir"], "scaling") / "gpu_toeplitz"
     write_atomic(out / "toeplitz_kernel.json", {"config": cfg, "environment": environment(device), "rows": rows})
     write_table(pd.DataFrame(rows), out / "toeplitz_kernel")
     if cfg["tune"]["lengths"]:

@@ -15,12 +15,12 @@ x and one write of y. Writes ``toeplitz_roofline.md`` next to the measurements. 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 
 from harness.launch.entry import entry_point
 from harness.run.config import ConfigError
+from harness.run.records import results_folder
 from mixers.ops import flops as F
 from mixers.tmm import fused_tile_flops
 
@@ -51,7 +51,7 @@ def roofline(measured: pd.DataFrame, cfg: dict) -> pd.DataFrame:
 
 
 def main_with(cfg: dict) -> pd.DataFrame:
-    folder = Path(cfg["results_dir"]) / "scaling" / "gpu_toeplitz"
+    folder = results_folder(cfg["results_dir"], "scaling") / "gpu_toeplitz"
     source = folder / "toeplitz_kernel.csv"
     if not source.exists():
         raise ConfigError(f"results_dir: no {source}; run python -m harness.bench.toeplitz_bench on a GPU first")

@@ -13,7 +13,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from harness.launch.preflight import job_overrides, preflight
-from harness.report import kit as report
+from harness.report import cli as report
+from harness.report import kit
 from harness.run.execute import CONF_DIR, execute
 from tests.harness.helpers import TINY, make_config
 
@@ -89,6 +90,6 @@ def test_parallel_sweep_records_faults_and_goes_on(tmp_path):
     by_lr = {r["config"]["train"]["lr"]: r for r in records}
     assert by_lr[0.003]["status"] == "ok"
     assert by_lr[1e6]["status"] == "diverged" and 1 <= by_lr[1e6]["diverged_step"] <= 30
-    assert report.main(["--benchmark", "faults", "--results-dir", str(tmp_path)]) == 0
+    assert report.main(["--benchmark", "faults", f"results_dir={tmp_path}"]) == 0
     table = (tmp_path / "faults" / "test" / "table.md").read_text()
     assert "1/1 ok" in table and f"0/1 ok (1 diverged at step {by_lr[1e6]['diverged_step']})" in table
