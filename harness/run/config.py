@@ -59,6 +59,19 @@ def _check_keys(group: str, given: dict, valid: dict | set, required: bool = Tru
     _check(not (required and missing), group, f"missing field(s) {missing}")
 
 
+def sweep_mixers(*left_out: str) -> str:
+    """Every registered mixer except ``left_out``, comma-separated, for a sweep's ``mixer`` parameter:
+    ``mixer: ${sweep_mixers:mamba2}`` in conf/experiment/, so that a new mixer joins every benchmark.
+    tests/harness/test_sweep.py names what each benchmark leaves out, and why."""
+    unknown = sorted(set(left_out) - set(mixers.available()))
+    _check(not unknown, "hydra.sweeper.params.mixer", f"sweep_mixers leaves out unknown mixer(s) {unknown}; "
+                                                       f"valid mixers: {', '.join(mixers.available())}")
+    return ",".join(m for m in mixers.available() if m not in left_out)
+
+
+OmegaConf.register_new_resolver("sweep_mixers", sweep_mixers, replace=True)
+
+
 def to_dict(cfg: DictConfig | dict) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+import pytest
 
+import mixers
 from harness.launch.preflight import job_overrides, preflight
 from harness.report import cli as report
 from harness.report import kit
@@ -33,9 +34,30 @@ def values(jobs: list[list[str]], key: str) -> set[str]:
     return {o.split("=", 1)[1] for job in jobs for o in job if o.split("=", 1)[0] == key}
 
 
-def experiment_mixers() -> set[str]:
-    params = OmegaConf.load(Path(CONF_DIR) / "experiment" / "copy_benchmark.yaml").hydra.sweeper.params
-    return set(str(params.mixer).split(","))
+def experiment_mixers(experiment: str = "copy_benchmark") -> set[str]:
+    jobs, _ = sweep(f"+experiment={experiment}", "train=test")
+    return values(jobs, "mixer")
+
+
+# Registered mixers each benchmark's sweep leaves out, and why; every other registered mixer runs.
+LEFT_OUT = {
+    **{name: {"mamba2": "the same model as mamba, whose default is version=2"}
+       for name in ("copy_benchmark", "recall_benchmark", "icl_benchmark", "lm_benchmark")},
+    **{name: {m: "a CPU budget: the _cpu variants run the four mixers mamba, hyena, tmm, attention"
+              for m in set(mixers.available()) - {"mamba", "hyena", "tmm", "attention"}}
+       for name in ("recall_benchmark_cpu", "icl_benchmark_cpu", "lm_benchmark_cpu")},
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(LEFT_OUT))
+def test_each_benchmark_sweeps_every_registered_mixer_but_those_it_names(experiment):
+    assert set(mixers.available()) - experiment_mixers(experiment) == set(LEFT_OUT[experiment])
+    assert experiment_mixers(experiment) <= set(mixers.available())
+
+
+def test_every_benchmark_experiment_says_what_it_leaves_out():
+    experiments = {p.stem for p in (Path(CONF_DIR) / "experiment").glob("*_benchmark*.yaml")}
+    assert experiments == set(LEFT_OUT), "add the new benchmark's left-out mixers (and why) to LEFT_OUT"
 
 
 def test_experiment_params_are_the_sweep():
