@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from harness.bench.scaling import DTYPES, variant_options
-from harness.launch.entry import entry_point, with_profile
+from harness.launch.entry import entry_point
+from harness.launch.profile import with_profile
 from harness.report.kit import hardware_label, write_table
 from harness.run.config import ConfigError, resolve_device
 from harness.run.environment import environment

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from harness.launch.entry import with_profile
+from harness.launch.profile import with_profile
 from harness.run.config import load, make_model, resolve_device, validate
 from harness.run.execute import PARTS, execute
 from harness.run.train import make_optimizer, train_step

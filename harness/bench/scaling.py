@@ -21,7 +21,8 @@ import traceback
 import torch
 
 from harness.bench.measure import memory_forward_backward, time_forward_backward
-from harness.launch.entry import entry_point, with_profile
+from harness.launch.entry import entry_point
+from harness.launch.profile import with_profile
 from harness.run.config import ConfigError, resolve_device
 from harness.run.environment import environment
 from harness.run.records import results_folder, write_atomic

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.run import eval_sets as frozen
 from harness.run.config import CONF_DIR, ConfigError, check_forward, make_model, to_dict, validate
-from harness.run.device import CUBLAS_DETERMINISTIC, run_device, set_determinism
+from harness.run.device import run_device, set_determinism
 from harness.run.environment import environment
 from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
 from harness.run.records import FINISHED, read_record, record_path, run_id, write_atomic
@@ -165,7 +163,7 @@ def stop_on_sigterm() -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    stop_on_sigterm()  # also in joblib workers and Slurm jobs, which do not run cli()
+    stop_on_sigterm()  # also in joblib workers and Slurm jobs, which do not run __main__
     try:
         execute(to_dict(cfg))
     except ConfigError as err:
@@ -173,25 +171,3 @@ def main(cfg: DictConfig) -> None:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and goes on with the sweep; it reports the error at the end
         raise SystemExit(2) from None
-
-
-def default_overrides(argv: list[str]) -> list[str]:
-    """Add ``train=gpu`` or ``train=cpu`` unless the command line chose a training profile."""
-    if any(a.split("=")[0].lstrip("+~") == "train" for a in argv[1:]):
-        return argv
-    gpu = torch.cuda.is_available() or "hydra/launcher=slurm" in argv[1:]  # Slurm jobs run on GPU nodes
-    return argv + ["train=gpu" if gpu else "train=cpu"]
-
-
-def cli() -> None:
-    """``python -m harness.run``: the hardware's training profile unless one is chosen, then the Hydra main."""
-    sys.argv = default_overrides(sys.argv)
-    if "deterministic=true" in sys.argv[1:]:  # before anything starts cuBLAS (see harness.run.device)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
-    stop_on_sigterm()
-    try:
-        main()
-    except KeyboardInterrupt as err:
-        print(f"interrupted ({str(err) or 'Ctrl-C'}): finished records are intact; "
-              "the same command runs only what is missing", file=sys.stderr)
-        raise SystemExit(130) from None

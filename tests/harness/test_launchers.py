@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 
 from harness.run import device as run_device_module
 from harness.run import gpus
-from harness.run.execute import CONF_DIR, default_overrides
+from harness.launch.profile import with_profile
+from harness.run.execute import CONF_DIR
 from tests.harness.helpers import make_config
 
 
@@ -130,5 +131,5 @@ def test_slurm_preset_renders_a_job_array_without_a_cluster(tmp_path, monkeypatc
 
 
 def test_slurm_sweeps_default_to_the_gpu_profile():
-    assert default_overrides(["run", "-m", "hydra/launcher=slurm"])[-1] == "train=gpu"
-    assert default_overrides(["run", "hydra/launcher=slurm", "train=cpu"])[-1] == "train=cpu"
+    assert with_profile(["run", "-m", "hydra/launcher=slurm"], "train")[-1] == "train=gpu"
+    assert with_profile(["run", "hydra/launcher=slurm", "train=cpu"], "train")[-1] == "train=cpu"

@@ -88,3 +88,15 @@ def test_lm_report_shows_matched_counts_flops_and_memory(tmp_path):
                                                           ("lm_text", "attention"), ("lm_text", "tmm")]
     assert all(abs(p / 30000 - 1) <= 0.02 for p in table["params"]) and set(table["target"]) == {30000}
     assert {"bits/token", "copy acc (%)", "train FLOPs", "peak memory (MB)"} <= set(table.columns)
+
+
+def test_selective_copy_benchmark_is_reported_by_the_copy_report(tmp_path):
+    for mixer in ("tmm", "attention"):
+        run(tmp_path, "+experiment=selective_copy_benchmark", f"mixer={mixer}", "model.d_model=16",
+            "task.seq_len=16", "task.num_tokens=3", "task.eval_lengths=[16,24]", "task.eval_samples=4", "train=test")
+    assert report.main(["--benchmark", "selective_copy_benchmark", f"results_dir={tmp_path}"]) == 0
+    out = tmp_path / "selective_copy" / "test"
+    for name in ("table.md", "thresholds.md", "accuracy_vs_length.png", "loss_vs_flops.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "table.csv")
+    assert set(table["mixer"]) == {"tmm", "attention"} and {"acc L16 (%)", "acc L24 (%)"} <= set(table.columns)
