@@ -23,6 +23,7 @@ from harness.launch.profile import with_profile
 from harness.report.kit import hardware_label, write_table
 from harness.run.config import ConfigError, resolve_device
 from harness.run.environment import environment
+from harness.run.faults import fault_fields
 from harness.run.model import SequenceModel
 from harness.run.records import results_folder, write_atomic
 
@@ -96,11 +97,9 @@ def main_with(cfg: dict) -> dict:
                        state_after_generation=layer.state_size(total))
             log.info("%-10s prefill %8.0f tok/s, decode %8.0f tok/s, max |logit diff| %.2e", name,
                      row["prefill_tokens_per_s"], row["decode_tokens_per_s"], row["max_abs_logit_diff"])
-        except torch.OutOfMemoryError as err:
-            row.update(status="oom", error=str(err).splitlines()[0])
-        except Exception as err:  # recorded; the other mixers still run
-            row.update(status="failed", error=f"{type(err).__name__}: {err}")
-            log.warning("%s failed: %s", name, err)
+        except Exception as err:  # recorded (oom or failed); the other mixers still run
+            row.update(fault_fields(err))
+            log.warning("%s %s: %s", name, row["status"], row["error"])
         result["rows"].append(row)
         del model
     out_dir = results_folder(cfg["results_dir"], "generation") / g["profile"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import traceback
 
 import torch
 
@@ -25,6 +24,7 @@ from harness.launch.entry import entry_point
 from harness.launch.profile import with_profile
 from harness.run.config import ConfigError, resolve_device
 from harness.run.environment import environment
+from harness.run.faults import fault_fields
 from harness.run.records import results_folder, write_atomic
 import mixers
 from mixers.catalogue import mixer_defaults
@@ -72,12 +72,9 @@ def measure_variant(name: str, spec: dict, scfg: dict, device: torch.device) -> 
             row["status"] = "ok"
             log.info("%-12s n=%-6d batch=%-5d %9.3f ms  saved %8.1f MB", name, n, batch, 1e3 * row["median_s"],
                      row["saved_bytes"] / 2**20)
-        except torch.OutOfMemoryError as err:
-            row.update(status="oom", error=str(err).splitlines()[0])
-            log.info("%-12s n=%-6d out of memory", name, n)
-        except Exception as err:  # recorded; the sweep goes on
-            row.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-            log.warning("%-12s n=%-6d failed: %s", name, n, err)
+        except Exception as err:  # recorded (oom or failed); the sweep goes on
+            row.update(fault_fields(err))
+            log.warning("%-12s n=%-6d %s: %s", name, n, row["status"], row["error"])
         finally:
             del mixer, x, grad
             if device.type == "cuda":

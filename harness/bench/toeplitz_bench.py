@@ -28,6 +28,7 @@ import torch
 from harness.launch.entry import entry_point
 from harness.run.config import ConfigError, resolve_device
 from harness.run.environment import environment
+from harness.run.faults import fault_fields
 from harness.run.records import results_folder, write_atomic
 from mixers.tmm import ToeplitzCausal
 
@@ -125,8 +126,8 @@ def main_with(cfg: dict) -> list[dict]:
                 row["forward_over_copy"] = row["forward_ms"] / copy_ms
                 row["pipelined_over_copy"] = row["forward_pipelined_ms"] / copy_pipelined_ms
                 row["status"] = "ok"
-            except torch.OutOfMemoryError as err:
-                row.update(status="oom", error=str(err).splitlines()[0])
+            except torch.OutOfMemoryError as err:  # other errors are bugs of the kernel: they stop the bench
+                row.update(fault_fields(err))
             log.info("n=%-6d %-14s %s", n, name, {k: round(v, 3) for k, v in row.items() if isinstance(v, float)})
             rows.append(row)
             del layer
