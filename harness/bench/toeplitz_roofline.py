@@ -1,4 +1,4 @@
-"""How far each exact method could get toward issue 7's forward target, from the committed measurements.
+"""How far each exact method could get toward the Toeplitz kernel's forward target (within 3x of a copy), from the committed measurements.
 
     python -m harness.bench.toeplitz_roofline          # conf/toeplitz_roofline.yaml
 

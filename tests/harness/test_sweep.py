@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 import pytest
 
 import mixers
@@ -115,3 +116,14 @@ def test_parallel_sweep_records_faults_and_goes_on(tmp_path):
     assert report.main(["--benchmark", "faults", f"results_dir={tmp_path}"]) == 0
     table = (tmp_path / "faults" / "test" / "table.md").read_text()
     assert "1/1 ok" in table and f"0/1 ok (1 diverged at step {by_lr[1e6]['diverged_step']})" in table
+
+
+def test_the_scaling_and_generation_benchmarks_measure_every_registered_mixer():
+    """They list their variants by hand (several per mixer, some CUDA-only); none is left out."""
+    conf = Path(CONF_DIR)
+    scaled = {v["mixer"] for v in OmegaConf.to_container(OmegaConf.load(conf / "scaling.yaml"))["variants"].values()}
+    missing = sorted(set(mixers.available()) - scaled)
+    assert not missing, f"add a variant for {missing} to conf/scaling.yaml (variants: name: {{mixer: <name>}})"
+    generated = set(OmegaConf.load(conf / "generation.yaml")["mixers"])
+    missing = sorted(set(mixers.available()) - generated)
+    assert not missing, f"add {missing} to mixers: in conf/generation.yaml"
