@@ -103,3 +103,18 @@ def test_the_import_walk_sees_deferred_and_from_imports():
     found = project_imports(ROOT / "harness" / "bench" / "scaling.py")
     assert "harness.report.scaling" in found  # imported inside a function, after the measurements
     assert "mixers" in found
+
+
+@pytest.mark.parametrize("package", ["mixers", "tasks"])
+def test_every_plug_in_file_is_imported_by_its_registry(package):
+    """A file that registers a mixer or a task, but that the registry's import list misses, is
+    invisible; this names it."""
+    import importlib
+    import re
+
+    registry = importlib.import_module(package)
+    registered = set(registry._REGISTRY if package == "mixers" else registry._TASKS)  # noqa: SLF001
+    pattern = re.compile(r'^@register(?:_task)?\("(\w+)"\)', re.M)
+    declared = {name: path.name for path in (ROOT / package).glob("*.py") for name in pattern.findall(path.read_text())}
+    missing = sorted(f"{name} ({file})" for name, file in declared.items() if name not in registered)
+    assert not missing, f"add the import of {missing} to {package}/__init__.py"
