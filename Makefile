@@ -1,21 +1,28 @@
-# mixbench: `make copy-benchmark` and `make test` do all set-up on a fresh machine.
+# mixbench: `make copy-benchmark` and `make test` do all set-up on a fresh machine. `make help` lists the targets.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mixbench-installed
-# Extra Hydra overrides for any benchmark, e.g. make copy-benchmark ARGS="seed=0,1,2"
+# Extra Hydra overrides for any benchmark, e.g. make copy-benchmark ARGS="seed=0,1,2"; a results_dir=D
+# among them also tells the report where the records are and where its tables go.
 ARGS   ?=
-# Launcher overrides for this machine (harness/launch.py): on a CPU-only machine one single-threaded
+REPORT_ARGS = $(filter results_dir=%,$(ARGS))
+# Launcher overrides for this machine (harness/launch/profile.py): on a CPU-only machine one single-threaded
 # process per core and the CPU-sized mixer list; with several GPUs one process per GPU; with one GPU
 # runs one after another. Evaluated after `setup`, when .venv exists.
 CPU_MIXERS ?= mamba,hyena,tmm,attention
 LAUNCH      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS))
 # The recall, ICL and LM benchmarks have CPU-sized experiment variants (conf/experiment/*_cpu.yaml).
-SIZE        = $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else '_cpu')")
+SIZE        = $(shell $(PY) -m harness.launch --suffix)
 
-.PHONY: setup test copy-benchmark recall-benchmark icl-benchmark lm-benchmark scaling-benchmark generation-benchmark overhead report clean
+.PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
+        scaling-benchmark generation-benchmark overhead-benchmark report clean
 
-setup: $(STAMP)
+help:  ## this list
+	@grep -E '^[a-z][a-zA-Z_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
+	  awk -F'|' '{ printf "%-62s %s\n", $$1, $$2 }'
+
+setup: $(STAMP)  ## a virtual environment in .venv with the project installed (editable)
 
 # torch==2.13.0 first when torch is absent (a CPU wheel lies on disk; a loose requirement would pull
 # a multi-GB CUDA build), then the project itself, whose `torch>=2.4` the installed torch satisfies.
@@ -25,37 +32,34 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e ".[dev]"
 	@touch $(STAMP)
 
-test: setup
+test: setup  ## the test suite (GPU tests skip without CUDA)
 	$(PY) -m pytest tests
 
-# The copy benchmark: every mixer x {variable, fixed} x seeds, sized for the machine
-# (conf/train/cpu.yaml, or conf/train/gpu.yaml when CUDA is present), then the report.
-copy-benchmark: setup
-	$(PY) -m harness.run --multirun +experiment=copy_benchmark $(LAUNCH) $(ARGS)
-	$(PY) -m harness.report --benchmark copy_benchmark
+# The copy benchmarks: every mixer x protocols x seeds, sized for the machine (conf/train/cpu.yaml, or
+# conf/train/gpu.yaml when CUDA is present), then the report.
+copy-benchmark selective-copy-benchmark: %-benchmark: setup  ## copy / selective copy: every mixer, length generalisation
+	$(PY) -m harness.run --multirun +experiment=$(subst -,_,$*)_benchmark $(LAUNCH) $(ARGS)
+	$(PY) -m harness.report --benchmark $(subst -,_,$*)_benchmark $(REPORT_ARGS)
 
 # Multi-query associative recall (Zoology), in-context learning (regression, automata), language
 # modelling on local text at matched parameter counts: freeze the evaluation sets, sweep, report.
-recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup
+recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup  ## MQAR, in-context learning, language modelling
 	$(PY) -m harness.freeze_eval +experiment=$*_benchmark$(SIZE) $(ARGS)
 	$(PY) -m harness.run --multirun +experiment=$*_benchmark$(SIZE) $(LAUNCH) $(ARGS)
-	$(PY) -m harness.report --benchmark $*_benchmark
+	$(PY) -m harness.report --benchmark $*_benchmark $(REPORT_ARGS)
 
-# Forward + backward time and memory against sequence length (conf/scaling/{cpu,gpu}.yaml by hardware).
-scaling-benchmark: setup
-	$(PY) -m harness.scaling $(ARGS)
+scaling-benchmark: setup  ## forward + backward time and memory against sequence length (conf/scaling/)
+	$(PY) -m harness.bench.scaling $(ARGS)
 
-# Prefill and per-token decode throughput through each mixer's cache or state (conf/generation/).
-generation-benchmark: setup
-	$(PY) -m harness.generation $(ARGS)
+generation-benchmark: setup  ## prefill and per-token decode throughput through each mixer's cache (conf/generation/)
+	$(PY) -m harness.bench.generation $(ARGS)
 
-# What the harness adds to a run (start-up, data, logging, evaluation) against pure training.
-overhead: setup
-	$(PY) -m harness.overhead $(ARGS)
+overhead-benchmark: setup  ## what the harness adds to a run (start-up, data, logging, evaluation) against pure training
+	$(PY) -m harness.bench.overhead $(ARGS)
 
-report: setup
-	$(PY) -m harness.report --all
+report: setup  ## every benchmark's tables and plots from its records (ARGS="results_dir=D" for another folder)
+	$(PY) -m harness.report --all $(REPORT_ARGS)
 
-clean:
+clean:  ## remove .venv, logs and caches (records stay)
 	rm -rf $(VENV) results/logs outputs multirun .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

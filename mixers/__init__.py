@@ -1,4 +1,9 @@
-"""The mixer registry: ``register``, ``build(name, d_model, max_len, **options)``, ``available()``.
+"""The mixer registry: ``register``, ``build(name, d_model, max_len, **options)``, ``available()``,
+``mixer_class(name)``, ``options_of(name)`` (``tasks`` has the same shape).
+
+A mixer from outside this repository needs no edit here: name it by dotted path to its class
+(``mixer.name=my_package.my_module.MyMixer``), or give it a short name through the
+``mixbench.mixers`` entry-point group of its package (``mine = "my_package.my_module:MyMixer"``).
 
 One file per mixer; the registry name equals the file name. A new mixer needs its file (decorated
 with ``@register("name")``), an import line below, ``conf/mixer/<name>.yaml``, a case in
@@ -7,6 +12,7 @@ tests/conftest.py, and ``python -m mixers.catalogue`` to regenerate mixers/READM
 from __future__ import annotations
 
 import inspect
+from importlib import import_module, metadata
 from typing import Callable
 
 from mixers.base import Mixer
@@ -33,19 +39,37 @@ def register(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
     return decorate
 
 
+ENTRY_POINTS = "mixbench.mixers"  # the entry-point group through which other packages add mixers
+
+
 def available() -> list[str]:
-    """Sorted names of all registered mixers."""
-    return sorted(_REGISTRY)
+    """Sorted names of all registered mixers and of those other packages offer by entry point."""
+    return sorted(set(_REGISTRY) | {ep.name for ep in metadata.entry_points(group=ENTRY_POINTS)})
+
+
+def _plugin(name: str) -> type[Mixer] | None:
+    """The class behind an entry point called ``name``, or at dotted path ``name``; None if neither."""
+    found = [ep for ep in metadata.entry_points(group=ENTRY_POINTS) if ep.name == name]
+    module, _, attr = name.rpartition(".")
+    if not found and not module:
+        return None
+    try:
+        cls = found[0].load() if found else getattr(import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise UnknownMixerError(f"mixer {name!r} cannot be loaded ({type(err).__name__}: {err}); "
+                                f"valid mixers: {', '.join(available())}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+        raise UnknownMixerError(f"mixer {name!r} is {cls!r}, not a subclass of mixers.base.Mixer")
+    return register(name)(cls)
 
 
 def mixer_class(name: str) -> type[Mixer]:
-    """The class registered under ``name``; a clear error listing valid names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownMixerError(
-            f"unknown mixer {name!r}; valid mixers: {', '.join(available())}"
-        ) from None
+    """The class registered under ``name`` (loading a plugin named so); a clear error listing valid
+    names otherwise."""
+    cls = _REGISTRY.get(name) or _plugin(name)
+    if cls is None:
+        raise UnknownMixerError(f"unknown mixer {name!r}; valid mixers: {', '.join(available())}")
+    return cls
 
 
 def options_of(name: str) -> dict[str, inspect.Parameter]:

@@ -52,6 +52,15 @@ def masked_cross_entropy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
+def masked_token_accuracy(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    """Per example ``(batch,)``: ``accuracy``, the share of scored positions where the argmax of
+    ``logits (batch, n, vocab)`` is the target (0 with none scored), and ``exact_match``, 1 where
+    every scored position is right."""
+    correct = ((logits.argmax(-1) == batch.targets) & batch.mask).sum(1)
+    scored = batch.mask.sum(1)
+    return {"accuracy": correct / scored.clamp(min=1), "exact_match": (correct == scored).float()}
+
+
 class Task:
     """Base class: a generator of training batches, fixed evaluation sets, their loss and metrics.
 

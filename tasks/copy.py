@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from tasks import register_task
-from tasks.base import Batch, Task, require
+from tasks.base import Batch, Task, masked_token_accuracy, require
 
 
 def copy_sequences(symbols: torch.Tensor, lengths: torch.Tensor, bos: int, sep: int, pad: int) -> Batch:
@@ -93,12 +93,7 @@ class CopyTask(Task):
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        correct = (logits.argmax(-1) == batch.targets) & batch.mask
-        scored = batch.mask.sum(1).clamp(min=1)
-        return {
-            "accuracy": correct.sum(1) / scored,
-            "exact_match": (correct.sum(1) == batch.mask.sum(1)).float(),
-        }
+        return masked_token_accuracy(logits, batch)
 
     def in_distribution(self, set_name: str) -> bool:
         length = int(set_name.removeprefix("L"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from tasks import register_task
-from tasks.base import Batch, require
+from tasks.base import Batch, masked_token_accuracy, require
 from tasks.lm_text import TextTask
 
 
@@ -52,9 +52,7 @@ class CopyTextTask(TextTask):
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        correct = (logits.argmax(-1) == batch.targets) & batch.mask
-        scored = batch.mask.sum(1)
-        return {"accuracy": correct.sum(1) / scored.clamp(min=1), "exact_match": (correct.sum(1) == scored).float()}
+        return masked_token_accuracy(logits, batch)
 
     def summary(self) -> dict:
         return {"seq_len": self.seq_len, "corpus": self.corpus.info}

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from tasks import register_task
-from tasks.base import Batch, Task, require
+from tasks.base import Batch, Task, masked_token_accuracy, require
 
 STDLIB_SKIP = ("test", "tests", "idlelib", "turtledemo", "site-packages", "dist-packages", "lib2to3", "__pycache__")
 
@@ -208,8 +208,7 @@ class LMTextTask(TextTask):
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         scored = batch.mask.sum(1).clamp(min=1)
         nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), batch.targets, reduction="none")
-        correct = (logits.argmax(-1) == batch.targets) & batch.mask
-        return {"accuracy": correct.sum(1) / scored, "bits_per_token": (nll * batch.mask).sum(1) / scored / math.log(2)}
+        return {"accuracy": masked_token_accuracy(logits, batch)["accuracy"], "bits_per_token": (nll * batch.mask).sum(1) / scored / math.log(2)}
 
     def summary(self) -> dict:
         return {"context_len": self.context_len, "corpus": self.corpus.info}

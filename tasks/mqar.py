@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from tasks import register_task
-from tasks.base import Batch, Task, require
+from tasks.base import Batch, Task, masked_token_accuracy, require
 
 
 def power_law_weights(space: int, power_a: float) -> torch.Tensor:
@@ -148,8 +148,7 @@ class MQARTask(Task):
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        correct = (logits.argmax(-1) == batch.targets) & batch.mask
-        return {"accuracy": correct.sum(1) / batch.mask.sum(1).clamp(min=1)}
+        return {"accuracy": masked_token_accuracy(logits, batch)["accuracy"]}
 
     def in_distribution(self, set_name: str) -> bool:
         return parse_setting(set_name) in self.train_settings

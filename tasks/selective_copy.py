@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from tasks import register_task
-from tasks.base import Batch, Task, require
+from tasks.base import Batch, Task, masked_token_accuracy, require
 
 
 def assemble_selective_copy(data: torch.Tensor, positions: torch.Tensor, seq_len: int, noise: int,
@@ -86,9 +86,7 @@ class SelectiveCopyTask(Task):
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        correct = (logits.argmax(-1) == batch.targets) & batch.mask
-        scored = batch.mask.sum(1)
-        return {"accuracy": correct.sum(1) / scored.clamp(min=1), "exact_match": (correct.sum(1) == scored).float()}
+        return masked_token_accuracy(logits, batch)
 
     def in_distribution(self, set_name: str) -> bool:
         return int(set_name.removeprefix("L")) == self.seq_len

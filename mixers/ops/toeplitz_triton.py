@@ -189,7 +189,7 @@ def launch_config(e: int, rows: int, dtype: torch.dtype, **override) -> dict:
     """Meta-parameters of ``_toeplitz_apply_kernel`` for ``e`` channels per head and ``rows``-row output
     tiles: the widest channel tile that divides ``e`` (at most 128; 64 in float32, whose tiles take
     twice the shared memory), 8 warps for 128 x 128 tiles, 3 pipeline stages. ``override`` replaces
-    any of ``BLOCK_C``, ``num_warps``, ``num_stages`` (``harness.toeplitz_bench`` tunes them)."""
+    any of ``BLOCK_C``, ``num_warps``, ``num_stages`` (``harness.bench.toeplitz_bench`` tunes them)."""
     widest = 64 if dtype == torch.float32 else 128
     block_c = next((b for b in (128, 64, 32, 16) if b <= widest and e % b == 0), None)
     if block_c is None:

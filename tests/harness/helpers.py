@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.config import load
+from harness.run.config import load
 
 # A run that trains and evaluates in a fraction of a second (any mixer with heads takes mixer.heads=2).
 TINY = ("train.steps=4", "train.eval_every=2", "train.warmup_steps=1", "task.max_train_len=4", "task.eval_lengths=[4]",

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.run.config import ConfigError, check_forward, make_model, validate
+from harness.run.execute import execute
 import mixers
-from harness.config import ConfigError, check_forward, make_model, validate
-from harness.run import execute
 from tests.harness.helpers import make_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.run.config import ConfigError, load
+from harness.run.execute import execute
 import mixers
-from harness.config import ConfigError, load
-from harness.run import execute
 from tests.conftest import MIXER_CASES, case_mixer
 
 # One step of a tiny run, for every mixer case of the suite (tests/conftest.py, small sizes).

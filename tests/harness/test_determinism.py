@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.config import make_task
-from harness.run import execute
+from harness.run.config import make_task
+from harness.run.execute import execute
 from tests.harness.helpers import TINY, make_config
 
 TIMES = ("train_time_s", "wall_s")

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from harness import eval_sets as frozen
-from harness.freeze_eval import main as freeze_main
-from harness.run import execute
+from harness.run import eval_sets as frozen
+from harness.run.execute import execute
+from harness.run.freeze_eval import main as freeze_main
 from tasks import build_task
 from tests.harness.helpers import make_config
 
@@ -53,6 +53,6 @@ def test_runs_load_the_frozen_sets_and_record_them(tmp_path):
 
 def test_freeze_covers_every_task_an_experiment_sweeps(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr("harness.freeze_eval.freeze_for", lambda overrides: seen.append(overrides) or "x")
+    monkeypatch.setattr("harness.run.freeze_eval.freeze_for", lambda overrides: seen.append(overrides) or "x")
     assert freeze_main(["+experiment=icl_benchmark_cpu", f"results_dir={tmp_path}"]) == 0
     assert sorted(o[-1] for o in seen) == ["task=icl_language_cpu", "task=icl_regression"]

@@ -9,9 +9,13 @@ import signal
 import pytest
 import torch
 
-from harness import faults, run, train
-from harness.records import load_records
-from harness.run import execute
+from harness.run import faults
+
+from harness.run import execute as run
+
+from harness.run import train
+from harness.run.execute import execute
+from harness.run.records import load_records
 from tasks.copy import CopyTask
 from tests.harness.helpers import TINY, make_config
 

@@ -1,7 +1,7 @@
 """The generation benchmark runs end to end and its decoding reproduces the parallel logits."""
 from __future__ import annotations
 
-from harness.generation import main_with
+from harness.bench.generation import main_with
 
 
 def test_generation_benchmark_tiny(tmp_path):

@@ -11,9 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from harness import device as run_device_module
-from harness import gpus
-from harness.run import CONF_DIR, default_overrides
+from harness.run import device as run_device_module
+from harness.run import gpus
+from harness.launch.profile import with_profile
+from harness.run.execute import CONF_DIR
 from tests.harness.helpers import make_config
 
 
@@ -58,7 +59,7 @@ def test_a_killed_job_frees_its_gpu(tmp_path):
 
 
 def test_runs_on_a_multi_gpu_machine_take_different_devices(tmp_path, monkeypatch):
-    """harness.device with CUDA faked: two runs at once get cuda:0 and cuda:1; the GPU is set before use."""
+    """harness.run.device with CUDA faked: two runs at once get cuda:0 and cuda:1; the GPU is set before use."""
     chosen = []
     monkeypatch.setattr(run_device_module, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(run_device_module, "gpu_ids", lambda: ["GPU-aaaa", "GPU-bbbb"])
@@ -130,5 +131,5 @@ def test_slurm_preset_renders_a_job_array_without_a_cluster(tmp_path, monkeypatc
 
 
 def test_slurm_sweeps_default_to_the_gpu_profile():
-    assert default_overrides(["run", "-m", "hydra/launcher=slurm"])[-1] == "train=gpu"
-    assert default_overrides(["run", "hydra/launcher=slurm", "train=cpu"])[-1] == "train=cpu"
+    assert with_profile(["run", "-m", "hydra/launcher=slurm"], "train")[-1] == "train=gpu"
+    assert with_profile(["run", "hydra/launcher=slurm", "train=cpu"], "train")[-1] == "train=cpu"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.run import execute
+from harness.run.execute import execute
 from tests.harness.helpers import make_config
 
 SHORT_COPY = ("task.max_train_len=8", "task.eval_lengths=[4,8]", "task.eval_samples=128")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.run import execute
+from harness.run.execute import execute
 from tests.harness.helpers import make_config
 
 

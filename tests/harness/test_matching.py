@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import ConfigError, make_model, make_task
+from harness.run.config import ConfigError, make_model, make_task
 from tests.conftest import MIXER_CASES, case_mixer
 from tests.harness.helpers import make_config
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.model import SequenceModel
+from harness.run.model import SequenceModel
 
 
 def test_continuous_io_swaps_only_the_ends():

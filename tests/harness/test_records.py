@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
-from harness import records
-from harness.run import execute
+from harness.run import records
+from harness.run.execute import execute
 from tests.harness.helpers import make_config
 
 TINY = ("train.steps=4", "train.eval_every=2", "train.warmup_steps=1", "task.max_train_len=4", "task.eval_lengths=[4]",
@@ -132,3 +133,13 @@ def test_stray_temporary_files_are_not_records(tmp_path):
     found, problems = records.load_records(runs)
     assert len(found) == 1 and problems == []
     assert records.stray_temporaries(runs) == [runs / ".a-x1y2.tmp"]
+
+
+def test_every_shipped_record_keeps_its_id():
+    """Each record in results/runs/ is named by, and holds, the id its own config hashes to today."""
+    runs = sorted((Path(__file__).resolve().parents[2] / "results" / "runs").glob("*.json"))
+    assert runs, "no shipped records found"
+    for path in runs:
+        record = json.loads(path.read_text())
+        assert record["id"] == records.run_id(record["config"]), path.name
+        assert path.name == records.record_path(path.parent, record["config"]).name

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import report
-from harness.report_recall import best_lr
-from harness.run import execute
+from harness.report import cli as report
+from harness.report import kit
+from harness.report.recall import best_lr
+from harness.run.execute import execute
 from tests.harness.helpers import make_config
 
 TINY = ("train.steps=2", "train.eval_every=1", "train.warmup_steps=1", "mixer.heads=2", "train.threads=1")
@@ -34,7 +35,7 @@ def test_recall_report_picks_the_best_learning_rate_and_draws_zoologys_figure(tm
         for d in (16, 32):
             for lr in lrs:
                 run(tmp_path, f"mixer={mixer}", f"model.d_model={d}", f"train.lr={lr}", *mqar)
-    assert report.main(["--benchmark", "recall", "--results-dir", str(tmp_path)]) == 0
+    assert report.main(["--benchmark", "recall", f"results_dir={tmp_path}"]) == 0
     out = tmp_path / "recall" / "test"
     for name in ("table.md", "table.csv", "table.tex", "lr_sweep.csv", "accuracy_vs_d_model.png",
                  "accuracy_vs_d_model.pdf"):
@@ -58,7 +59,7 @@ def test_icl_report_regression_with_baselines_and_language(tmp_path):
             "benchmark=icl", "model.d_model=16")
         run(tmp_path, f"mixer={mixer}", "task=icl_language", "task.max_len=32", "task.max_strings=12",
             "task.eval_samples=4", "benchmark=icl", "model.d_model=16")
-    assert report.main(["--benchmark", "icl", "--results-dir", str(tmp_path)]) == 0
+    assert report.main(["--benchmark", "icl", f"results_dir={tmp_path}"]) == 0
     out = tmp_path / "icl" / "test"
     for name in ("regression_table.csv", "regression_error_vs_examples.png", "language_table.csv",
                  "language_learning_curves.pdf"):
@@ -78,7 +79,7 @@ def test_lm_report_shows_matched_counts_flops_and_memory(tmp_path):
         for task, length in (("lm_text", "task.context_len=16"), ("copy_text", "task.seq_len=16")):
             run(tmp_path, f"mixer={mixer}", f"task={task}", length, *files, "task.eval_samples=4", "benchmark=lm",
                 "model=matched", "model.match_params=30000")
-    assert report.main(["--benchmark", "lm", "--results-dir", str(tmp_path)]) == 0
+    assert report.main(["--benchmark", "lm", f"results_dir={tmp_path}"]) == 0
     out = tmp_path / "lm" / "test"
     for name in ("table.csv", "loss_vs_flops.png", "loss_vs_memory.png", "loss_vs_memory.pdf"):
         assert (out / name).stat().st_size > 0, name
@@ -87,3 +88,15 @@ def test_lm_report_shows_matched_counts_flops_and_memory(tmp_path):
                                                           ("lm_text", "attention"), ("lm_text", "tmm")]
     assert all(abs(p / 30000 - 1) <= 0.02 for p in table["params"]) and set(table["target"]) == {30000}
     assert {"bits/token", "copy acc (%)", "train FLOPs", "peak memory (MB)"} <= set(table.columns)
+
+
+def test_selective_copy_benchmark_is_reported_by_the_copy_report(tmp_path):
+    for mixer in ("tmm", "attention"):
+        run(tmp_path, "+experiment=selective_copy_benchmark", f"mixer={mixer}", "model.d_model=16",
+            "task.seq_len=16", "task.num_tokens=3", "task.eval_lengths=[16,24]", "task.eval_samples=4", "train=test")
+    assert report.main(["--benchmark", "selective_copy_benchmark", f"results_dir={tmp_path}"]) == 0
+    out = tmp_path / "selective_copy" / "test"
+    for name in ("table.md", "thresholds.md", "accuracy_vs_length.png", "loss_vs_flops.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "table.csv")
+    assert set(table["mixer"]) == {"tmm", "attention"} and {"acc L16 (%)", "acc L24 (%)"} <= set(table.columns)

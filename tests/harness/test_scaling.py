@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from harness.bench.scaling import loglog_slope, main_with
 import mixers
-from harness.scaling import loglog_slope, main_with
 from tests.conftest import MIXER_CASES, case_mixer
 
 VARIANTS = {

@@ -11,10 +11,13 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+import pytest
 
-from harness import report
-from harness.preflight import job_overrides, preflight
-from harness.run import CONF_DIR, execute
+import mixers
+from harness.launch.preflight import job_overrides, preflight
+from harness.report import cli as report
+from harness.report import kit
+from harness.run.execute import CONF_DIR, execute
 from tests.harness.helpers import TINY, make_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +35,30 @@ def values(jobs: list[list[str]], key: str) -> set[str]:
     return {o.split("=", 1)[1] for job in jobs for o in job if o.split("=", 1)[0] == key}
 
 
-def experiment_mixers() -> set[str]:
-    params = OmegaConf.load(Path(CONF_DIR) / "experiment" / "copy_benchmark.yaml").hydra.sweeper.params
-    return set(str(params.mixer).split(","))
+def experiment_mixers(experiment: str = "copy_benchmark") -> set[str]:
+    jobs, _ = sweep(f"+experiment={experiment}", "train=test")
+    return values(jobs, "mixer")
+
+
+# Registered mixers each benchmark's sweep leaves out, and why; every other registered mixer runs.
+LEFT_OUT = {
+    **{name: {"mamba2": "the same model as mamba, whose default is version=2"}
+       for name in ("copy_benchmark", "selective_copy_benchmark", "recall_benchmark", "icl_benchmark", "lm_benchmark")},
+    **{name: {m: "a CPU budget: the _cpu variants run the four mixers mamba, hyena, tmm, attention"
+              for m in set(mixers.available()) - {"mamba", "hyena", "tmm", "attention"}}
+       for name in ("recall_benchmark_cpu", "icl_benchmark_cpu", "lm_benchmark_cpu")},
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(LEFT_OUT))
+def test_each_benchmark_sweeps_every_registered_mixer_but_those_it_names(experiment):
+    assert set(mixers.available()) - experiment_mixers(experiment) == set(LEFT_OUT[experiment])
+    assert experiment_mixers(experiment) <= set(mixers.available())
+
+
+def test_every_benchmark_experiment_says_what_it_leaves_out():
+    experiments = {p.stem for p in (Path(CONF_DIR) / "experiment").glob("*_benchmark*.yaml")}
+    assert experiments == set(LEFT_OUT), "add the new benchmark's left-out mixers (and why) to LEFT_OUT"
 
 
 def test_experiment_params_are_the_sweep():
@@ -89,6 +113,17 @@ def test_parallel_sweep_records_faults_and_goes_on(tmp_path):
     by_lr = {r["config"]["train"]["lr"]: r for r in records}
     assert by_lr[0.003]["status"] == "ok"
     assert by_lr[1e6]["status"] == "diverged" and 1 <= by_lr[1e6]["diverged_step"] <= 30
-    assert report.main(["--benchmark", "faults", "--results-dir", str(tmp_path)]) == 0
+    assert report.main(["--benchmark", "faults", f"results_dir={tmp_path}"]) == 0
     table = (tmp_path / "faults" / "test" / "table.md").read_text()
     assert "1/1 ok" in table and f"0/1 ok (1 diverged at step {by_lr[1e6]['diverged_step']})" in table
+
+
+def test_the_scaling_and_generation_benchmarks_measure_every_registered_mixer():
+    """They list their variants by hand (several per mixer, some CUDA-only); none is left out."""
+    conf = Path(CONF_DIR)
+    scaled = {v["mixer"] for v in OmegaConf.to_container(OmegaConf.load(conf / "scaling.yaml"))["variants"].values()}
+    missing = sorted(set(mixers.available()) - scaled)
+    assert not missing, f"add a variant for {missing} to conf/scaling.yaml (variants: name: {{mixer: <name>}})"
+    generated = set(OmegaConf.load(conf / "generation.yaml")["mixers"])
+    missing = sorted(set(mixers.available()) - generated)
+    assert not missing, f"add {missing} to mixers: in conf/generation.yaml"

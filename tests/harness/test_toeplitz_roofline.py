@@ -1,4 +1,4 @@
-"""The roofline behind issue 7's forward target: FLOP counts and the table built from measurements."""
+"""The roofline behind the Toeplitz kernel's forward target (within 3x of a copy): FLOP counts and the table built from measurements."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from harness.config import ConfigError
-from harness.toeplitz_roofline import main_with, roofline
+from harness.bench.toeplitz_roofline import main_with, roofline
+from harness.run.config import ConfigError
 from mixers.ops import flops as F
 from mixers.tmm import fused_tile_flops
 

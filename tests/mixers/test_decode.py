@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mixers
-from harness.model import SequenceModel
+from harness.run.model import SequenceModel
 from tests.conftest import MIXER_CASES, case_mixer
 
 DECODABLE = [c for c in sorted(MIXER_CASES) if mixers.build(case_mixer(c), 16, 8, **MIXER_CASES[c]).supports_decode]

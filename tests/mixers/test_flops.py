@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import mixers
-from harness.model import SequenceModel
+from harness.run.model import SequenceModel
 from mixers.ops import flops as F
 from tests.conftest import MIXER_CASES, case_mixer
 

@@ -1,7 +1,6 @@
-"""The Hydra entry point shared by the benchmarks (``harness.scaling``, ``harness.generation``,
-``harness.toeplitz_bench``): a main that resolves the config, runs the benchmark and turns a
-``ConfigError`` into one logged line and exit status 2; and the hardware profile override that
-``python -m`` adds when the command line chose none.
+"""The Hydra entry point shared by the benchmarks (``harness.bench.scaling``, ``harness.bench.generation``,
+``harness.bench.toeplitz_bench``): a main that resolves the config, runs the benchmark and turns a
+``ConfigError`` into one logged line and exit status 2 (the hardware profile is ``harness.launch.profile``).
 """
 from __future__ import annotations
 
@@ -9,10 +8,9 @@ import logging
 from typing import Callable
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from harness.config import CONF_DIR, ConfigError, to_dict
+from harness.run.config import CONF_DIR, ConfigError, to_dict
 
 
 def entry_point(config_name: str, main_with: Callable[[dict], object], log: logging.Logger) -> Callable[[], None]:
@@ -30,11 +28,3 @@ def entry_point(config_name: str, main_with: Callable[[dict], object], log: logg
     # the benchmark's, as when each benchmark declared its own main
     main.__wrapped__ = main_with
     return hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(main)
-
-
-def with_profile(argv: list[str], group: str) -> list[str]:
-    """``argv`` plus ``<group>=gpu`` when CUDA is visible, ``<group>=cpu`` otherwise, unless the command
-    line already chose the ``group`` profile (``scaling.lengths=...`` and the like do not count)."""
-    if any(a.split("=")[0] == group for a in argv[1:]):
-        return argv
-    return argv + [f"{group}=gpu" if torch.cuda.is_available() else f"{group}=cpu"]

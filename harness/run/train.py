@@ -6,13 +6,24 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable, ContextManager
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from harness.memory import PeakMemory
+from harness.run.memory import PeakMemory
 from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
+
+
+# ``part(name)`` is entered around a part of a run (the overhead benchmark times them); the parts are
+# named in harness.run.execute.PARTS and here: "batches" (training data), "evaluate" (every evaluation)
+Part = Callable[[str], ContextManager]
+
+
+def untimed(name: str) -> ContextManager:
+    """The ``part`` of a run that nobody times."""
+    return contextlib.nullcontext()
 
 
 class Diverged(RuntimeError):
@@ -84,6 +95,30 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def train_step(model: nn.Module, task: Task, batch: Batch, optimizer: torch.optim.Optimizer, base_lrs: list[float],
+               step: int, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """One optimisation step on ``batch``: the step's learning rate, forward (under the precision's
+    autocast), the task's own loss, backward, gradient clipping, AdamW step. Gradients are left for
+    the caller to clear (after it reads memory). Returns the loss (a 0-dim tensor, not synced)."""
+    factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = base * factor
+    with autocast_context(device, cfg.precision):
+        logits = model(batch.inputs)
+    loss = task.loss(logits, batch)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups`` (fused on CUDA)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                             fused=device.type == "cuda")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, eval_sets: dict[str, Batch], batch_size: int, device: torch.device,
              precision: str) -> dict[str, dict[str, float]]:
@@ -126,13 +161,12 @@ def progress_bar(enabled: bool) -> Progress:
 
 
 def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
-          description: str = "train", eval_sets: dict[str, Batch] | None = None) -> TrainResult:
+          description: str = "train", eval_sets: dict[str, Batch] | None = None, part: Part = untimed) -> TrainResult:
     """Train ``model`` on ``task`` and evaluate on ``eval_sets`` (the task's own when None, e.g. the
-    frozen copies ``harness.eval_sets`` loads); raises ``Diverged`` on a non-finite loss."""
+    frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite loss."""
     result = TrainResult()
     eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg, device)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     memory = PeakMemory(device)
     memory.start()
@@ -149,17 +183,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
         job = bar.add_task(description, total=cfg.steps, status="")
         for step in range(cfg.steps):
             t0 = time.perf_counter()
-            factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * factor
-            batch = task.train_batch(cfg.batch_size, generator)
-            with autocast_context(device, cfg.precision):
-                logits = model(batch.inputs)
-            loss = task.loss(logits, batch)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            with part("batches"):
+                batch = task.train_batch(cfg.batch_size, generator)
+            loss = train_step(model, task, batch, optimizer, base_lrs, step, cfg, device)
             if step == 0:  # weights, their gradients and the optimizer state: the static part
                 memory.mark_static()
             optimizer.zero_grad(set_to_none=True)
@@ -181,7 +207,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
                 t1 = time.perf_counter()
                 # the learning curve needs the in-distribution sets; the rest (length generalisation) at the end
                 sets = eval_sets if last else {k: v for k, v in eval_sets.items() if task.in_distribution(k)}
-                per_set = evaluate(model, task, sets, cfg.eval_batch_size, device, cfg.precision)
+                with part("evaluate"):
+                    per_set = evaluate(model, task, sets, cfg.eval_batch_size, device, cfg.precision)
                 eval_time += time.perf_counter() - t1
                 point = {"step": step + 1, "tokens": tokens, "train_flops": result.train_flops,
                          "train_time_s": train_time, "wall_s": time.perf_counter() - started,

@@ -1,111 +1,21 @@
-"""Records -> tables (Markdown, CSV, LaTeX) and plots (PNG, PDF) under ``results/<benchmark>/<profile>/``
-(``copy_benchmark`` -> ``results/copy/``; other names as they are).
-
-Copy-style tasks (evaluation sets ``L<length>``: ``copy``, ``selective_copy``) get the tables and
-plots below; other tasks get their benchmark's own report, chosen by the records' task name
-(``TASK_REPORTS``: MQAR in ``report_recall``, in-context learning in ``report_icl``, text in
-``report_lm``).
-
-    python -m harness.report --benchmark copy_benchmark
-    python -m harness.report --all
-
-Runs are grouped by (mixer, protocol) over seeds; runs that did not finish (``failed``, ``oom``,
-``diverged``) are counted and named in the table, never shown as zeros. Unreadable or partial
-record files, and temporary files of interrupted writes, are listed with their paths.
+"""The copy-task report (``copy``, ``selective_copy``: evaluation sets ``L<length>``): a table of
+accuracy per length, exact match, FLOPs to thresholds, memory and speed; a thresholds table;
+accuracy against length (training range shaded), loss against FLOPs and against peak memory.
+Runs are grouped by (mixer, protocol) over seeds; runs that did not finish are counted and named,
+never shown as zeros.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
-import math
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from harness.environment import hardware_label  # noqa: E402
-from harness.records import load_records, stray_temporaries  # noqa: E402
+from harness.report.kit import (flops_to_reach, group_key, hardware_label, mixer_colors, percent_mean_std,
+                                save_figure, status_note, time_to_reach, varying_keys, write_table)
 
 THRESHOLDS = (0.9, 0.99)
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """``{"train": {"lr": 1}} -> {"train.lr": 1}``; lists become tuples."""
-    out: dict[str, object] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-IGNORED_KEYS = ("seed", "results_dir", "force", "concurrent_runs", "train.progress", "train.threads", "task.cache_dir")
-
-# task name -> module with ``report(records, benchmark, profile, out_dir) -> list[Path]``
-TASK_REPORTS = {"mqar": "harness.report_recall", "icl_regression": "harness.report_icl",
-                "icl_language": "harness.report_icl", "lm_text": "harness.report_lm", "copy_text": "harness.report_lm"}
-
-
-def varying_keys(records: list[dict]) -> list[str]:
-    """Config keys (besides mixer, protocol and seed) whose values differ between records."""
-    flats = [flatten(r["config"]) for r in records]
-    keys = sorted(set().union(*flats)) if flats else []
-
-    def varies(key: str) -> bool:
-        if key.startswith("mixer."):  # options differ between mixers by design; compare within one mixer
-            by_mixer = defaultdict(set)
-            for f in flats:
-                by_mixer[f["mixer.name"]].add(repr(f.get(key)))
-            return any(len(v) > 1 for v in by_mixer.values())
-        return len({repr(f.get(key)) for f in flats}) > 1
-
-    return [k for k in keys if k not in IGNORED_KEYS and k not in ("mixer.name", "task.protocol") and varies(k)]
-
-
-def group_key(record: dict, extra: tuple[str, ...] = ()) -> tuple:
-    """(mixer, protocol, values of ``extra`` keys): the runs that differ only by seed."""
-    flat = flatten(record["config"])
-    return (record["config"]["mixer"]["name"], str(record["config"]["task"].get("protocol", "-")),
-            *(flat.get(k) for k in extra))
-
-
-def flops_to_reach(curve: list[dict], threshold: float, metric: str = "accuracy_in") -> float | None:
-    """Cumulative training FLOPs at the first evaluation where ``metric >= threshold``."""
-    for point in curve:
-        if point.get(metric, -math.inf) >= threshold:
-            return point["train_flops"]
-    return None
-
-
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{100 * mean:.1f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
-def _status_note(runs: list[dict]) -> str:
-    counts: dict[str, int] = defaultdict(int)
-    for r in runs:
-        counts[r["status"]] += 1
-    note = f"{counts.pop('ok', 0)}/{len(runs)} ok"
-    extra = []
-    for status, n in sorted(counts.items()):
-        detail = ""
-        if status == "diverged":
-            steps = [str(r.get("diverged_step")) for r in runs if r["status"] == "diverged"]
-            detail = f" at step {', '.join(steps)}"
-        extra.append(f"{n} {status}{detail}")
-    return note + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def _reach(ok: list[dict], threshold: float) -> str:
@@ -132,13 +42,13 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
         row = {"mixer": mixer, "protocol": protocol, **dict(zip(extra, key[2:])), "backend": first.get("backend", "?"),
                "params": first.get("params", {}).get("total"), "mixer params": first.get("params", {}).get("mixer"),
                "seeds": ",".join(str(r["config"]["seed"]) for r in sorted(runs, key=lambda r: r["config"]["seed"])),
-               "runs": _status_note(runs)}
+               "runs": status_note(runs)}
         sets = list(ok[0]["final"]["eval"]) if ok else []
         for name in sets:
-            row[f"acc {name} (%)"] = _mean_std([r["final"]["eval"][name]["accuracy"] for r in ok])
+            row[f"acc {name} (%)"] = percent_mean_std([r["final"]["eval"][name]["accuracy"] for r in ok])
         for name in sets:
             if "exact_match" in ok[0]["final"]["eval"][name]:
-                row[f"exact {name} (%)"] = _mean_std([r["final"]["eval"][name]["exact_match"] for r in ok])
+                row[f"exact {name} (%)"] = percent_mean_std([r["final"]["eval"][name]["exact_match"] for r in ok])
         row["eval loss (in-dist.)"] = (f"{sum(r['final']['loss_in'] for r in ok) / len(ok):.4f}" if ok else "-")
         for t in THRESHOLDS:
             row[f"FLOPs to {int(t * 100)}%"] = _reach(ok, t)
@@ -149,30 +59,6 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
         row["train time (s)"] = (f"{sum(r['timing']['train_s'] for r in ok) / len(ok):.0f}" if ok else "-")
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def write_table(df: pd.DataFrame, out_dir: Path, stem: str, header: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", out_dir / f"{stem}.tex"]
-    paths[0].write_text(header + "\n\n" + df.to_markdown(index=False) + "\n")
-    df.to_csv(paths[1], index=False)
-    latex = df.astype(str).apply(lambda col: col.str.replace("%", r"\%").str.replace("±", r"$\pm$").str.replace("_", r"\_"))
-    latex.columns = [c.replace("%", r"\%").replace("_", r"\_") for c in df.columns]
-    paths[2].write_text(latex.style.hide(axis="index").to_latex(hrules=True) + "\n")
-    return paths
-
-
-def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for p in paths:  # no creation date in PDFs: regenerating a report leaves unchanged plots byte-identical
-        fig.savefig(p, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
-    plt.close(fig)
-    return paths
-
-
-def _mixer_colors(mixers: list[str]) -> dict[str, str]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(sorted(mixers))}
 
 
 def label(record: dict, extra: tuple[str, ...]) -> str:
@@ -188,7 +74,7 @@ def _protocol_panels(records: list[dict]) -> tuple[plt.Figure, list[tuple[plt.Ax
     ok = [r for r in records if r["status"] == "ok"]
     protocols = sorted({group_key(r)[1] for r in ok})
     extra = tuple(varying_keys(records))
-    colors = _mixer_colors(list({label(r, extra) for r in ok}))
+    colors = mixer_colors(list({label(r, extra) for r in ok}))
     fig, axes = plt.subplots(1, max(1, len(protocols)), figsize=(5 * max(1, len(protocols)), 3.8), squeeze=False)
     panels = [(ax, protocol, [r for r in ok if group_key(r)[1] == protocol])
               for ax, protocol in zip(axes[0], protocols)]
@@ -199,10 +85,10 @@ def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> l
     """Token accuracy against evaluation length, one panel per protocol, training range shaded."""
     fig, panels, extra, colors = _protocol_panels(records)
     for ax, protocol, runs in panels:
-        lo, hi = runs[0]["task_summary"]["train_lengths"]
-        if lo == hi:  # a single training length: mark it
+        lo, hi = runs[0]["task_summary"].get("train_lengths") or (None, None)
+        if lo is not None and lo == hi:  # a single training length: mark it
             ax.axvline(lo, color="0.75", linewidth=6, alpha=0.6, label="training length")
-        else:
+        elif lo is not None:
             ax.axvspan(lo, hi, color="0.9", label="training lengths")
         by_mixer: dict[str, list[dict]] = defaultdict(list)
         for r in runs:
@@ -251,16 +137,6 @@ def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[P
     fig.axes[-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, out_dir, "loss_vs_flops")
-
-
-def time_to_reach(curve: list[dict], threshold: float, metric: str, below: bool = False) -> tuple[float, float] | None:
-    """(training FLOPs, training seconds) at the first evaluation where ``metric`` reaches ``threshold``
-    (``>=``, or ``<=`` with ``below``)."""
-    for point in curve:
-        value = point.get(metric)
-        if value is not None and (value <= threshold if below else value >= threshold):
-            return point["train_flops"], point["train_time_s"]
-    return None
 
 
 def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOLDS,
@@ -326,59 +202,19 @@ def describe(records: list[dict]) -> str:
             f"FLOPs to X%: first evaluation whose mean in-distribution accuracy reaches X% (mean over seeds).")
 
 
-def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> list[Path]:
-    """Write every table and plot of ``benchmark``, one folder per training profile."""
-    written = []
-    by_profile: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        if r["config"].get("benchmark") == benchmark:
-            by_profile[r["config"]["train"]["profile"]].append(r)
-    for profile, all_runs in sorted(by_profile.items()):
-        out_dir = results_dir / benchmark.removesuffix("_benchmark") / profile
-        by_module: dict[str, list[dict]] = defaultdict(list)
-        for r in all_runs:
-            module = TASK_REPORTS.get(r["config"]["task"]["name"])
-            if module:
-                by_module[module].append(r)
-        for module, module_runs in sorted(by_module.items()):
-            written += importlib.import_module(module).report(module_runs, benchmark, profile, out_dir)
-        runs = [r for r in all_runs if r["config"]["task"]["name"] not in TASK_REPORTS]
-        if not runs:
-            continue
-        header = f"# {benchmark} ({profile} profile)\n\n{describe(runs)}"
-        written += write_table(summary_table(runs), out_dir, "table", header)
-        written += write_table(thresholds_table(runs), out_dir, "thresholds",
-                               f"# {benchmark}: training FLOPs and seconds to reach a threshold\n\n{describe(runs)}")
-        title = f"{benchmark}, {hardware_label(runs[0]['environment'])}"
-        if any(r["status"] == "ok" for r in runs):
-            written += plot_accuracy_vs_length(runs, out_dir, title)
-            written += plot_loss_vs_flops(runs, out_dir, title)
-            written += plot_loss_vs_memory(runs, out_dir, title)
+TASKS = ("copy", "selective_copy")  # evaluation sets L<length>, token accuracy and exact match
+
+
+def report(records: list[dict], benchmark: str, profile: str, out_dir: Path) -> list[Path]:
+    """The tables (``table``, ``thresholds``) and plots (accuracy against length, loss against
+    FLOPs and against memory) of copy-style runs."""
+    header = f"# {benchmark} ({profile} profile)\n\n{describe(records)}"
+    written = write_table(summary_table(records), out_dir, "table", header)
+    written += write_table(thresholds_table(records), out_dir, "thresholds",
+                           f"# {benchmark}: training FLOPs and seconds to reach a threshold\n\n{describe(records)}")
+    title = f"{benchmark}, {hardware_label(records[0]['environment'])}"
+    if any(r["status"] == "ok" for r in records):
+        written += plot_accuracy_vs_length(records, out_dir, title)
+        written += plot_loss_vs_flops(records, out_dir, title)
+        written += plot_loss_vs_memory(records, out_dir, title)
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmark", action="append", default=[], help="benchmark name (repeatable)")
-    parser.add_argument("--all", action="store_true", help="report every benchmark found in the records")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"))
-    args = parser.parse_args(argv)
-    records, problems = load_records(args.results_dir / "runs")
-    for path, problem in problems:
-        print(f"unreadable record (not in the tables; rerunning its sweep reruns it): {path}: {problem}")
-    for path in stray_temporaries(args.results_dir / "runs"):
-        print(f"interrupted write (not a record; safe to delete): {path}")
-    names = sorted({r["config"].get("benchmark", "adhoc") for r in records}) if args.all else args.benchmark
-    if not names:
-        parser.error("name a --benchmark or pass --all")
-    for name in names:
-        written = report_benchmark(records, name, args.results_dir)
-        if not written:
-            print(f"{name}: no records under {args.results_dir / 'runs'}")
-        for path in written:
-            print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

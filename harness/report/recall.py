@@ -18,11 +18,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.environment import hardware_label
-from harness.report import _mean_std, _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
-from tasks.mqar import parse_setting
+from harness.report.kit import hardware_label, percent_mean_std, mixer_colors, status_note, flatten, save_figure, varying_keys, write_table
+
+TASKS = ("mqar",)  # the tasks whose runs this module reports
 
 SWEPT = ("model.d_model", "train.lr")
+
+
+def parse_setting(name: str) -> tuple[int, int]:
+    """``(seq_len, num_kv_pairs)`` of an MQAR evaluation set's name in a record, ``L<seq_len>-kv<pairs>``."""
+    length, kv = name.removeprefix("L").split("-kv")
+    return int(length), int(kv)
 
 
 def width(record: dict) -> int:
@@ -65,18 +71,18 @@ def tables(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         first = (ok or every)[0]
         row = {"mixer": mixer, **dict(zip(extra, key[2:])), "d_model": d_model,
                "params": first.get("params", {}).get("total"), "mixer params": first.get("params", {}).get("mixer"),
-               "best lr": lr if lr is not None else "-", "runs": _status_note(every)}
+               "best lr": lr if lr is not None else "-", "runs": status_note(every)}
         sets = list(ok[0]["final"]["eval"]) if ok else []
         for name in sets:
-            row[f"acc {name} (%)"] = _mean_std([r["final"]["eval"][name]["accuracy"] for r in ok])
-        row["mean acc (%)"] = _mean_std([r["final"]["accuracy_all"] for r in ok])
+            row[f"acc {name} (%)"] = percent_mean_std([r["final"]["eval"][name]["accuracy"] for r in ok])
+        row["mean acc (%)"] = percent_mean_std([r["final"]["accuracy_all"] for r in ok])
         row["lrs tried"] = ", ".join(f"{k:g}" for k in sorted(by_lr))
         rows.append(row)
         for each, runs in sorted(by_lr.items()):
             done = [r for r in runs if r["status"] == "ok"]
             sweep.append({"mixer": mixer, **dict(zip(extra, key[2:])), "d_model": d_model, "lr": each,
-                          "mean acc (%)": _mean_std([r["final"]["accuracy_all"] for r in done]),
-                          "best": "yes" if each == lr else "", "runs": _status_note(runs)})
+                          "mean acc (%)": percent_mean_std([r["final"]["accuracy_all"] for r in done]),
+                          "best": "yes" if each == lr else "", "runs": status_note(runs)})
     return pd.DataFrame(rows), pd.DataFrame(sweep)
 
 
@@ -88,7 +94,7 @@ def plot_accuracy_vs_d_model(records: list[dict], out_dir: Path, title: str) -> 
     sets = sorted({s for runs in best.values() for s in runs[0]["final"]["eval"]}, key=parse_setting)
     lengths = sorted({parse_setting(s)[0] for s in sets})
     lines = sorted({(key[0], *key[2:]) for key in best})
-    colors = _mixer_colors([" ".join(map(str, line)) for line in lines])
+    colors = mixer_colors([" ".join(map(str, line)) for line in lines])
     styles = ["-", "--", ":", "-."]
     widths = sorted({key[1] for key in best})
     fig, axes = plt.subplots(1, max(1, len(lengths)), figsize=(3.6 * max(1, len(lengths)), 3.6), squeeze=False,

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from harness.model import SequenceModel
+from harness.run.model import SequenceModel
 
 MATCH_BY = ("d_model+mlp", "d_model", "mlp")
 WIDTH_STEP = 8          # candidate widths: multiples of this

@@ -1,7 +1,7 @@
 """The scaling benchmark: forward + backward time and memory of each mixer against sequence length.
 
-    python -m harness.scaling                       # profile by hardware (conf/scaling/{cpu,gpu}.yaml)
-    python -m harness.scaling only=[tmm,attention] scaling.lengths=[1024,4096]
+    python -m harness.bench.scaling                       # profile by hardware (conf/scaling/{cpu,gpu}.yaml)
+    python -m harness.bench.scaling only=[tmm,attention] scaling.lengths=[1024,4096]
 
 At a fixed number of tokens per batch (batch = tokens // n), each variant runs ``warmup`` untimed
 and ``repeats`` timed passes per length (median; CUDA events on GPU) and one pass under a
@@ -13,23 +13,21 @@ time_vs_length.{png,pdf} and memory_vs_length.{png,pdf}.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
-import traceback
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
+from harness.bench.measure import memory_forward_backward, time_forward_backward
+from harness.launch.entry import entry_point
+from harness.launch.profile import with_profile
+from harness.run.config import ConfigError, resolve_device
+from harness.run.environment import environment
+from harness.run.faults import fault_fields
+from harness.run.records import results_folder, write_atomic
 import mixers
-from harness.cli import entry_point, with_profile
-from harness.config import ConfigError, resolve_device
-from harness.environment import environment, hardware_label
-from harness.measure import memory_forward_backward, time_forward_backward
-from harness.records import write_atomic
-from harness.run import CONF_DIR
+from mixers.catalogue import mixer_defaults
 
 log = logging.getLogger("mixbench.scaling")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,10 +37,10 @@ def variant_options(spec: dict) -> tuple[str, dict]:
     """Registry name and options: conf/mixer/<mixer>.yaml overridden by the variant's own keys."""
     spec = {k: v for k, v in spec.items() if k not in ("max_length", "cuda_only")}
     name = spec.pop("mixer")
-    path = Path(CONF_DIR) / "mixer" / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"variants: no conf/mixer/{name}.yaml; valid mixers: {', '.join(mixers.available())}")
-    options = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "name"}
+    try:
+        options = mixer_defaults(name)
+    except FileNotFoundError:
+        raise ConfigError(f"variants: no conf/mixer/{name}.yaml; valid mixers: {', '.join(mixers.available())}") from None
     options.update(spec)
     return name, options
 
@@ -74,12 +72,9 @@ def measure_variant(name: str, spec: dict, scfg: dict, device: torch.device) -> 
             row["status"] = "ok"
             log.info("%-12s n=%-6d batch=%-5d %9.3f ms  saved %8.1f MB", name, n, batch, 1e3 * row["median_s"],
                      row["saved_bytes"] / 2**20)
-        except torch.OutOfMemoryError as err:
-            row.update(status="oom", error=str(err).splitlines()[0])
-            log.info("%-12s n=%-6d out of memory", name, n)
-        except Exception as err:  # recorded; the sweep goes on
-            row.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-            log.warning("%-12s n=%-6d failed: %s", name, n, err)
+        except Exception as err:  # recorded (oom or failed); the sweep goes on
+            row.update(fault_fields(err))
+            log.warning("%-12s n=%-6d %s: %s", name, n, row["status"], row["error"])
         finally:
             del mixer, x, grad
             if device.type == "cuda":
@@ -134,9 +129,9 @@ def main_with(cfg: dict) -> dict:
         result["variants"][name] = {"rows": rows, "declared": declared,
                                     "fitted": fitted_slopes(rows, cfg["fit_from"]),
                                     "backend": " / ".join(dict.fromkeys(r["backend"] for r in rows if r["status"] == "ok")) or "-"}
-    out_dir = Path(cfg["results_dir"]) / "scaling" / scfg["profile"]
+    out_dir = results_folder(cfg["results_dir"], "scaling") / scfg["profile"]
     write_atomic(out_dir / "measurements.json", result)
-    from harness.scaling_report import write_scaling_report
+    from harness.report.scaling import write_scaling_report
 
     for path in write_scaling_report(result, out_dir):
         log.info("wrote %s", path)

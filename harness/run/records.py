@@ -93,3 +93,9 @@ def load_records(runs_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]:
         record["_path"] = str(path)
         records.append(record)
     return records, problems
+
+
+def results_folder(results_dir: Path | str, benchmark: str) -> Path:
+    """Where a benchmark's tables, plots and measurements go: ``<results_dir>/<name>/``, the name
+    without its ``_benchmark`` suffix (``copy_benchmark`` -> ``results/copy``; ``scaling`` as it is)."""
+    return Path(results_dir) / benchmark.removesuffix("_benchmark")

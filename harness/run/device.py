@@ -1,4 +1,4 @@
-"""The device a run trains on: a GPU of its own from the lock pool (``harness.gpus``), chosen by
+"""The device a run trains on: a GPU of its own from the lock pool (``harness.run.gpus``), chosen by
 index so that it works in any process (also one whose CUDA is already initialised, as in the
 basic launcher or a reused joblib worker), and the determinism switches."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Iterator
 
 import torch
 
-from harness import gpus
-from harness.config import resolve_device
+from harness.run import gpus
+from harness.run.config import resolve_device
 
 log = logging.getLogger("mixbench")
 CUBLAS_DETERMINISTIC = ":4096:8"  # what torch asks for with deterministic algorithms on CUDA >= 10.2
@@ -50,7 +50,7 @@ def set_determinism(on: bool) -> None:
 
     Set both ways, so that a reused process (basic launcher, joblib worker) does not carry the
     previous job's setting. ``CUBLAS_WORKSPACE_CONFIG`` only takes effect before cuBLAS starts;
-    ``harness.run`` sets it at start-up when ``deterministic=true`` is on the command line.
+    ``harness.run.execute`` sets it at start-up when ``deterministic=true`` is on the command line.
     """
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)

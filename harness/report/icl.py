@@ -23,24 +23,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from harness.environment import hardware_label
-from harness.report import _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
+from harness.report.kit import hardware_label, mean, mean_std, mixer_colors, status_note, flatten, save_figure, varying_keys, write_table
 
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def mean_std(values: list[float], digits: int = 3, scale: float = 1.0) -> str:
-    """``mean ± std`` (sample std over seeds) of ``scale * values``; ``-`` when empty."""
-    if not values:
-        return "-"
-    values = [scale * v for v in values]
-    m = mean(values)
-    if len(values) == 1:
-        return f"{m:.{digits}f}"
-    std = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{m:.{digits}f} ± {std:.{digits}f}"
+TASKS = ("icl_regression", "icl_language")  # the tasks whose runs this module reports
 
 
 def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
@@ -71,7 +56,7 @@ def regression_report(records: list[dict], header: str, title: str, out_dir: Pat
         ok = [r for r in runs if r["status"] == "ok"]
         first = (ok or runs)[0]
         row = {"mixer": key[0], **dict(zip(extra, key[1:])), "params": first.get("params", {}).get("total"),
-               "runs": _status_note(runs)}
+               "runs": status_note(runs)}
         for k in marks:
             row[f"err/d k={k}"] = mean_std([curve(r, "err", n_points)[k] for r in ok])
         row["err/d mean over k"] = mean_std([r["final"]["eval"]["prompts"]["error"] for r in ok])
@@ -85,7 +70,7 @@ def regression_report(records: list[dict], header: str, title: str, out_dir: Pat
     if not ok_all:
         return written
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    colors = _mixer_colors([label(key, extra) for key in by_key])
+    colors = mixer_colors([label(key, extra) for key in by_key])
     ks = list(range(n_points))
     for key, runs in by_key.items():
         ok = [r for r in runs if r["status"] == "ok"]
@@ -117,7 +102,7 @@ def language_report(records: list[dict], header: str, title: str, out_dir: Path)
         ok = [r for r in runs if r["status"] == "ok"]
         first = (ok or runs)[0]
         rows.append({"mixer": key[0], **dict(zip(extra, key[1:])), "params": first.get("params", {}).get("total"),
-                     "runs": _status_note(runs),
+                     "runs": status_note(runs),
                      "accuracy (%)": mean_std([r["final"]["eval"]["test"]["accuracy"] for r in ok], 1, 100),
                      "TVD": mean_std([r["final"]["eval"]["test"]["tvd"] for r in ok]),
                      "eval loss": mean_std([r["final"]["eval"]["test"]["loss"] for r in ok])})
@@ -125,7 +110,7 @@ def language_report(records: list[dict], header: str, title: str, out_dir: Path)
     if not any(r["status"] == "ok" for r in records):
         return written
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    colors = _mixer_colors([label(key, extra) for key in by_key])
+    colors = mixer_colors([label(key, extra) for key in by_key])
     for key, runs in by_key.items():
         labelled = False
         for r in (r for r in runs if r["status"] == "ok"):

@@ -8,7 +8,7 @@
     ... -m +experiment=copy_benchmark hydra/launcher=gpu_parallel      # one run per GPU at a time
     ... -m +experiment=copy_benchmark hydra/launcher=slurm hydra.launcher.partition=gpu
 
-A sweep is checked whole before anything trains (harness.preflight).
+A sweep is checked whole before anything trains (harness.launch.preflight).
 
 Without a ``train=...`` override the training profile follows the hardware: ``train=gpu`` when
 CUDA is visible or the Slurm launcher is chosen, ``train=cpu`` otherwise. A finished record with
@@ -17,10 +17,9 @@ records stay, the interrupted run writes nothing, and the same command later run
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,15 +30,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import eval_sets as frozen
-from harness.config import CONF_DIR, ConfigError, check_forward, make_model, to_dict, validate
-from harness.device import CUBLAS_DETERMINISTIC, run_device, set_determinism
-from harness.environment import environment
-from harness.faults import failed_fields, is_out_of_memory, oom_fields
-from harness.records import FINISHED, read_record, record_path, run_id, write_atomic
-from harness.train import Diverged, train
+from harness.run import eval_sets as frozen
+from harness.run.config import CONF_DIR, ConfigError, check_forward, make_model, to_dict, validate
+from harness.run.device import run_device, set_determinism
+from harness.run.environment import environment
+from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
+from harness.run.records import FINISHED, read_record, record_path, run_id, write_atomic
+from harness.run.train import Diverged, Part, train, untimed
 
 log = logging.getLogger("mixbench")
+# The parts of a run that ``execute(cfg, part)`` announces, with what each covers (overhead's table).
+PARTS = {"validate": "validate config, build task", "resume": "resume check", "build": "build model",
+         "eval_sets": "data: evaluation sets", "device": "device, determinism", "environment": "environment stamp",
+         "forward_check": "forward check", "train": "training loop + evaluation",
+         "batches": "data: training batches", "evaluate": "evaluation (learning curve + final)",
+         "write": "write record"}
 # conf/hydra/launcher/gpu_parallel.yaml: one parallel job per GPU slot of this machine
 OmegaConf.register_new_resolver("gpu_slots", lambda per_gpu=1: max(1, torch.cuda.device_count()) * int(per_gpu),
                                 replace=True)
@@ -73,40 +78,51 @@ def evaluation_sets(cfg: dict, task) -> tuple[dict, dict]:
                   "sha256": {name: frozen.digest(batch) for name, batch in sets.items()}}
 
 
-def execute(cfg: dict) -> dict:
+def execute(cfg: dict, part: Part = untimed) -> dict:
     """Run one resolved configuration and return its record (also written to disk).
 
     Bad configuration raises ``ConfigError`` before anything trains. A run that diverges, runs out
-    of memory or fails otherwise is recorded with that status instead of raising.
+    of memory or fails otherwise is recorded with that status instead of raising. ``part(name)``
+    is entered around each part of the run (``PARTS``; the overhead benchmark times them).
     """
-    task, train_cfg = validate(cfg)
-    path = record_path(Path(cfg["results_dir"]) / "runs", cfg)
-    existing = finished_record(path, cfg["force"])
+    with part("validate"):
+        task, train_cfg = validate(cfg)
+    with part("resume"):
+        path = record_path(Path(cfg["results_dir"]) / "runs", cfg)
+        existing = finished_record(path, cfg["force"])
     if existing is not None:
         return existing
     torch.manual_seed(cfg["seed"])  # model initialisation; data comes from its own generator below
-    model = make_model(cfg["model"], cfg["mixer"], task)  # on CPU; a mixer refusing its options is a ConfigError
-    sets, eval_info = evaluation_sets(cfg, task)
-    with run_device(cfg) as (device, gpu_facts):
-        set_determinism(cfg["deterministic"])
+    with part("build"):
+        model = make_model(cfg["model"], cfg["mixer"], task)  # on CPU; a mixer refusing its options is a ConfigError
+    with part("eval_sets"):
+        sets, eval_info = evaluation_sets(cfg, task)
+    with contextlib.ExitStack() as held:
+        with part("device"):
+            device, gpu_facts = held.enter_context(run_device(cfg))  # a GPU slot, held until the run ends
+            set_determinism(cfg["deterministic"])
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
+        with part("environment"):
+            env = {**environment(device), **gpu_facts}
         record = {
             "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
             "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
             "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
             "matching": model.matching, "eval_sets": eval_info,
-            "environment": {**environment(device), **gpu_facts}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
                  f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
         try:
             model = model.to(device)
             record["backend"] = model.backend  # on its device: impl=auto mixers choose their kernels by device
-            check_forward(model, task, device, cfg["mixer"])  # options that build but cannot run: ConfigError
+            with part("forward_check"):
+                check_forward(model, task, device, cfg["mixer"])  # options that build but cannot run: ConfigError
             generator = torch.Generator(device=device).manual_seed(cfg["seed"])
-            result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}",
-                           eval_sets=sets)
+            with part("train"):
+                result = train(model, task, train_cfg, device, generator,
+                               description=f"{cfg['mixer']['name']}/{task.name}", eval_sets=sets, part=part)
             record.update(status="ok", final=result.final, curve=result.curve, timing=result.timing,
                           memory=result.memory, throughput=result.throughput, train_flops=result.train_flops,
                           steps_done=result.steps_done)
@@ -124,7 +140,8 @@ def execute(cfg: dict) -> dict:
                 record.update(failed_fields(err))
         model = None  # free the device before the next job of this process  # noqa: F841
         record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_atomic(path, record)
+        with part("write"):
+            write_atomic(path, record)
     log.info("%s: %s -> %s", record["status"], record["id"], path)
     if record["status"] == "ok":
         log.info("final: %s", {k: round(v, 4) for k, v in record["final"].items() if isinstance(v, float)})
@@ -147,7 +164,7 @@ def stop_on_sigterm() -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    stop_on_sigterm()  # also in joblib workers and Slurm jobs, which do not run __main__ below
+    stop_on_sigterm()  # also in joblib workers and Slurm jobs, which do not run __main__
     try:
         execute(to_dict(cfg))
     except ConfigError as err:
@@ -155,24 +172,3 @@ def main(cfg: DictConfig) -> None:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and goes on with the sweep; it reports the error at the end
         raise SystemExit(2) from None
-
-
-def default_overrides(argv: list[str]) -> list[str]:
-    """Add ``train=gpu`` or ``train=cpu`` unless the command line chose a training profile."""
-    if any(a.split("=")[0].lstrip("+~") == "train" for a in argv[1:]):
-        return argv
-    gpu = torch.cuda.is_available() or "hydra/launcher=slurm" in argv[1:]  # Slurm jobs run on GPU nodes
-    return argv + ["train=gpu" if gpu else "train=cpu"]
-
-
-if __name__ == "__main__":
-    sys.argv = default_overrides(sys.argv)
-    if "deterministic=true" in sys.argv[1:]:  # before anything starts cuBLAS (see harness.device)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
-    stop_on_sigterm()
-    try:
-        main()
-    except KeyboardInterrupt as err:
-        print(f"interrupted ({str(err) or 'Ctrl-C'}): finished records are intact; "
-              "the same command runs only what is missing", file=sys.stderr)
-        raise SystemExit(130) from None

@@ -1,8 +1,8 @@
-"""How far each exact method could get toward issue 7's forward target, from the committed measurements.
+"""How far each exact method could get toward the Toeplitz kernel's forward target (within 3x of a copy), from the committed measurements.
 
-    python -m harness.toeplitz_roofline          # conf/toeplitz_roofline.yaml
+    python -m harness.bench.toeplitz_roofline          # conf/toeplitz_roofline.yaml
 
-Reads ``toeplitz_kernel.csv`` (``python -m harness.toeplitz_bench``) and, per length n at its fixed
+Reads ``toeplitz_kernel.csv`` (``python -m harness.bench.toeplitz_bench``) and, per length n at its fixed
 token count, sets the target (``target_over_copy`` x the measured back-to-back copy of x) beside the
 time each method would take at the GPU's datasheet peak with no memory traffic at all: the fused
 kernel's dense tiles (``fused_tile_flops``) and an FFT convolution whose transforms are radix-16 DFT
@@ -15,12 +15,12 @@ x and one write of y. Writes ``toeplitz_roofline.md`` next to the measurements. 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 
-from harness.cli import entry_point
-from harness.config import ConfigError
+from harness.launch.entry import entry_point
+from harness.run.config import ConfigError
+from harness.run.records import results_folder
 from mixers.ops import flops as F
 from mixers.tmm import fused_tile_flops
 
@@ -51,10 +51,10 @@ def roofline(measured: pd.DataFrame, cfg: dict) -> pd.DataFrame:
 
 
 def main_with(cfg: dict) -> pd.DataFrame:
-    folder = Path(cfg["results_dir"]) / "scaling" / "gpu_toeplitz"
+    folder = results_folder(cfg["results_dir"], "scaling") / "gpu_toeplitz"
     source = folder / "toeplitz_kernel.csv"
     if not source.exists():
-        raise ConfigError(f"results_dir: no {source}; run python -m harness.toeplitz_bench on a GPU first")
+        raise ConfigError(f"results_dir: no {source}; run python -m harness.bench.toeplitz_bench on a GPU first")
     table = roofline(pd.read_csv(source), cfg)
     text = table.to_markdown(index=False, floatfmt=".3f")
     (folder / "toeplitz_roofline.md").write_text(text + "\n")

@@ -1,12 +1,13 @@
 """What the harness costs per run, against pure training, on this machine.
 
-    python -m harness.overhead                       # one copy run at the machine's profile (train=cpu here)
-    python -m harness.overhead mixer=attention train=gpu train.steps=500
-    python -m harness.overhead --repeats=3 mixer=hyena      # the fastest of 3 (default 2) counts
+    python -m harness.bench.overhead                       # one copy run at the machine's profile (train=cpu here)
+    python -m harness.bench.overhead mixer=attention train=gpu train.steps=500
+    python -m harness.bench.overhead --repeats=3 mixer=hyena      # the fastest of 3 (default 2) counts
 
-Runs ``harness.run.execute`` on one config with a timer around each of its parts (the real code
-path, nothing re-implemented), then the same model on the same batches in a bare loop (forward,
-backward, clip, AdamW step; nothing else) for the pure training time, and prints a table.
+Runs ``harness.run.execute.execute`` on one config with a timer around each of its parts (the real code
+path, nothing re-implemented: ``execute`` announces its parts), then the same model on the same
+batches through the same ``train_step`` in a bare loop (forward, the task's loss, backward, clip,
+AdamW step; nothing else) for the pure training time, and prints a table.
 Process start-up (imports, torch's set-up at the first optimiser, the first training steps'
 kernel and allocator warm-up) is paid once per process: once per sweep with the basic launcher,
 once per worker with joblib, once per run on Slurm; the table shows it apart from the run.
@@ -24,13 +25,12 @@ from pathlib import Path
 
 import torch
 
-from harness import run
-from harness import train as train_module
-from harness.cli import with_profile
-from harness.config import load, make_model, validate
-from harness.train import lr_factor, masked_cross_entropy, param_groups
+from harness.launch.profile import with_profile
+from harness.run.config import load, make_model, resolve_device, validate
+from harness.run.execute import PARTS, execute
+from harness.run.train import make_optimizer, train_step
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # CPU: this process's CPU time, which other processes on a shared machine hardly disturb (run it
 # with train.threads=1 for the cleanest numbers). GPU: wall time with synchronisation.
 clock = time.perf_counter if torch.cuda.is_available() else time.process_time
@@ -40,7 +40,7 @@ WARMUP_STEPS = 10  # steps timed twice in a fresh process: the difference is its
 def startup_s() -> float:
     """Seconds for a fresh interpreter to import the harness (what every new process pays)."""
     before = os.times()
-    subprocess.run([sys.executable, "-c", "import harness.run"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", "import harness.run.execute"], cwd=ROOT, check=True)
     after = os.times()
     if clock is time.process_time:
         return (after.children_user + after.children_system) - (before.children_user + before.children_system)
@@ -55,84 +55,50 @@ def torch_warmup_s() -> float:
 
 
 def timed_execute(cfg: dict) -> tuple[dict, dict[str, float]]:
-    """``execute(cfg)`` with each part timed; returns the record and seconds per part."""
+    """``execute(cfg)`` with each of its parts (``PARTS``) timed; returns the record and seconds per part."""
     times: dict[str, float] = defaultdict(float)
 
-    def timer(name, fn):
-        def wrapped(*args, **kwargs):
-            t0 = clock()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                times[name] += clock() - t0
-        return wrapped
-
-    def timed_validate(*args, **kwargs):
-        task, train_cfg = timer("validate config, build task", validate)(*args, **kwargs)
-        task.train_batch = timer("data: training batches", task.train_batch)
-        return task, train_cfg
-
     @contextmanager
-    def timed_device(cfg):
+    def part(name: str):
         t0 = clock()
-        with real_device(cfg) as value:
-            times["device, determinism"] += clock() - t0
-            yield value
+        try:
+            yield
+        finally:
+            times[PARTS[name]] += clock() - t0
 
-    real_device = run.run_device
-    patches = {"validate": timed_validate, "finished_record": timer("resume check", run.finished_record),
-               "make_model": timer("build model", run.make_model), "run_device": timed_device,
-               "evaluation_sets": timer("data: evaluation sets", run.evaluation_sets),
-               "environment": timer("environment stamp", run.environment),
-               "check_forward": timer("forward check", run.check_forward),
-               "train": timer("training loop + evaluation", run.train), "write_atomic": timer("write record", run.write_atomic)}
-    saved = {name: getattr(run, name) for name in patches}
-    real_evaluate = train_module.evaluate
-    try:
-        for name, fn in patches.items():
-            setattr(run, name, fn)
-        train_module.evaluate = timer("evaluation (learning curve + final)", real_evaluate)
-        t0 = clock()
-        record = run.execute(cfg)
-        times["total"] = clock() - t0
-    finally:
-        for name, fn in saved.items():
-            setattr(run, name, fn)
-        train_module.evaluate = real_evaluate
+    t0 = clock()
+    record = execute(cfg, part=part)
+    times["total"] = clock() - t0
     return record, dict(times)
 
 
 def bare_training_s(cfg: dict, steps: int | None = None) -> float:
-    """Seconds for the same model on the same batches: forward, loss, backward, clip, AdamW step
+    """Seconds for the same model on the same batches through the same training step as a run
+    (``train_step``: forward, the task's loss, backward, clip, AdamW step), nothing else
     (the first ``steps`` only, if given)."""
+    return bare_training(cfg, steps)[0]
+
+
+def bare_training(cfg: dict, steps: int | None = None) -> tuple[float, torch.nn.Module]:
+    """``bare_training_s`` and the model it trained."""
     task, tc = validate(cfg)
     torch.manual_seed(cfg["seed"])
     model = make_model(cfg["model"], cfg["mixer"], task)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
+    device = resolve_device(cfg["device"])
     model = model.to(device)
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
     batches = [task.train_batch(tc.batch_size, generator) for _ in range(steps or tc.steps)]
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
-                                  fused=device.type == "cuda")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if tc.precision == "bf16" and device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
-    base = [g["lr"] for g in optimizer.param_groups]
+    optimizer = make_optimizer(model, tc, device)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = clock()
     for step, batch in enumerate(batches):
-        for group, lr in zip(optimizer.param_groups, base):
-            group["lr"] = lr * lr_factor(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        with autocast:
-            logits = model(batch.inputs)
-        masked_cross_entropy(logits, batch).backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
+        train_step(model, task, batch, optimizer, base_lrs, step, tc, device)
         optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return clock() - t0
+    return clock() - t0, model
 
 
 def measure(overrides: list[str], repeats: int = 2, with_startup: bool = True) -> list[tuple[str, float]]:

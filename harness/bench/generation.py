@@ -1,6 +1,6 @@
 """Generation throughput: prefill a prompt in parallel, then decode token by token.
 
-    python -m harness.generation [mixers=[tmm,attention]] [generation.prompt_length=1024]
+    python -m harness.bench.generation [mixers=[tmm,attention]] [generation.prompt_length=1024]
 
 Per mixer, inside the identical backbone: prefill time and tokens/s, per-token decode time and
 tokens/s (median of ``repeats``), the decoding state per sequence and layer after the prompt and
@@ -13,18 +13,19 @@ import logging
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from harness.cli import entry_point, with_profile
-from harness.config import ConfigError, resolve_device
-from harness.environment import environment, hardware_label
-from harness.model import SequenceModel
-from harness.records import write_atomic
-from harness.report import write_table
-from harness.scaling import DTYPES, variant_options
+from harness.bench.scaling import DTYPES, variant_options
+from harness.launch.entry import entry_point
+from harness.launch.profile import with_profile
+from harness.report.kit import hardware_label, write_table
+from harness.run.config import ConfigError, resolve_device
+from harness.run.environment import environment
+from harness.run.faults import fault_fields
+from harness.run.model import SequenceModel
+from harness.run.records import results_folder, write_atomic
 
 log = logging.getLogger("mixbench.generation")
 
@@ -96,14 +97,12 @@ def main_with(cfg: dict) -> dict:
                        state_after_generation=layer.state_size(total))
             log.info("%-10s prefill %8.0f tok/s, decode %8.0f tok/s, max |logit diff| %.2e", name,
                      row["prefill_tokens_per_s"], row["decode_tokens_per_s"], row["max_abs_logit_diff"])
-        except torch.OutOfMemoryError as err:
-            row.update(status="oom", error=str(err).splitlines()[0])
-        except Exception as err:  # recorded; the other mixers still run
-            row.update(status="failed", error=f"{type(err).__name__}: {err}")
-            log.warning("%s failed: %s", name, err)
+        except Exception as err:  # recorded (oom or failed); the other mixers still run
+            row.update(fault_fields(err))
+            log.warning("%s %s: %s", name, row["status"], row["error"])
         result["rows"].append(row)
         del model
-    out_dir = Path(cfg["results_dir"]) / "generation" / g["profile"]
+    out_dir = results_folder(cfg["results_dir"], "generation") / g["profile"]
     write_atomic(out_dir / "measurements.json", result)
     table = pd.DataFrame([{
         "mixer": r["mixer"], "backend": r["backend"], "params": r["params"], "status": r["status"],

@@ -24,7 +24,7 @@ def git_revision() -> str | None:
     code runs from a copy without .git (e.g. a GPU machine)."""
     if os.environ.get("MIXBENCH_GIT_REVISION"):
         return os.environ["MIXBENCH_GIT_REVISION"]
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
@@ -56,10 +56,3 @@ def environment(device: torch.device) -> dict:
     else:
         env["cpu"] = platform.processor() or platform.machine()
     return env
-
-
-def hardware_label(env: dict) -> str:
-    """Short label: the GPU name, or '<n>-core CPU'."""
-    if env.get("device") == "cuda":
-        return str(env.get("gpu", "cuda"))
-    return f"{env.get('torch_threads', '?')}-thread CPU ({env.get('cpu_count', '?')} cores)"

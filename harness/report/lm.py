@@ -15,9 +15,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.environment import hardware_label
-from harness.report import _mixer_colors, _status_note, flatten, save_figure, varying_keys, write_table
-from harness.report_icl import mean, mean_std
+from harness.report.kit import hardware_label, mean, mean_std, mixer_colors, status_note, flatten, save_figure, varying_keys, write_table
+
+TASKS = ("lm_text", "copy_text")  # the tasks whose runs this module reports
 
 TASKS = ("lm_text", "copy_text")
 
@@ -56,7 +56,7 @@ def table(records: list[dict]) -> pd.DataFrame:
                "params": first.get("params", {}).get("total"), "mixer params": first.get("params", {}).get("mixer"),
                "target": matching.get("target", "-"),
                "d_model": matching.get("d_model", first["config"]["model"]["d_model"]),
-               "mlp hidden": matching.get("mlp_hidden") or "ratio", "runs": _status_note(runs),
+               "mlp hidden": matching.get("mlp_hidden") or "ratio", "runs": status_note(runs),
                "eval loss (nats/token)": mean_std([e["loss"] for e in evals])}
         row["bits/token"] = mean_std([e["bits_per_token"] for e in evals]) if key[0] == "lm_text" else "-"
         row["copy acc (%)"] = mean_std([e["accuracy"] for e in evals], 1, 100) if key[0] == "copy_text" else "-"
@@ -73,7 +73,7 @@ def _task_panels(records: list[dict]) -> tuple[plt.Figure, list[tuple[plt.Axes, 
     that vary, a colour per legend label)``."""
     extra, by_key = groups(records)
     tasks = [t for t in TASKS if any(k[0] == t for k in by_key)]
-    colors = _mixer_colors(list({label(k, extra) for k in by_key}))
+    colors = mixer_colors(list({label(k, extra) for k in by_key}))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     panels = [(ax, task, [(key, runs) for key, runs in by_key.items() if key[0] == task])
               for ax, task in zip(axes[0], tasks)]

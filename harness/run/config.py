@@ -1,25 +1,25 @@
 """Turning a Hydra config into a task, a model and a training config, with every field checked
 before any training. Errors name the field and the allowed values.
 
-    validate(cfg)           # every field of a run config: names, types, ranges, combinations
-    make_model(...)         # builds the model; a mixer that refuses its options is a ConfigError
+    validate(cfg)           # every field of a run config, once: names and types (SCHEMA), ranges, combinations
+    make_model(...)         # builds the model from a validated config; a mixer that refuses its options is a ConfigError
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, dataclass, fields
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness.run import fields as F
+from harness.run.faults import is_out_of_memory
+from harness.run.matching import MatchError, match_parameters
+from harness.run.model import SequenceModel
+from harness.run.train import TrainConfig
 import mixers
 import tasks
-from harness import fields as F
-from harness.faults import is_out_of_memory
-from harness.matching import MatchError, match_parameters
-from harness.model import SequenceModel
-from harness.train import TrainConfig
-from tasks import UnknownTaskError, build_task
 from tasks.base import Task, TaskConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,7 +35,7 @@ MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_
 MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
 MAX_SEED = 2**63 - 1
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 class ConfigError(ValueError):
@@ -53,11 +53,63 @@ def _check_type(field: str, value: object, annotation: object) -> None:
         raise ConfigError(problem)
 
 
-def _check_keys(group: str, given: dict, valid: dict | set, required: bool = True) -> None:
-    unknown = sorted(set(given) - set(valid))
-    _check(not unknown, group, f"unknown field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
-    missing = sorted(set(valid) - set(given))
-    _check(not (required and missing), group, f"missing field(s) {missing}")
+@dataclass(frozen=True)
+class Fields:
+    """The typed schema of one group of a run config: its required and optional fields, each with
+    the annotation its value must satisfy (``harness.run.fields``). Defaults live in conf/, not here."""
+
+    required: dict[str, object]
+    optional: dict[str, object] = dc_field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config_class: type) -> "Fields":
+        """A dataclass's fields: those without a default are required."""
+        hints = F.hints(config_class)
+        return cls({f.name: hints[f.name] for f in fields(config_class) if f.default is MISSING},
+                   {f.name: hints[f.name] for f in fields(config_class) if f.default is not MISSING})
+
+    def check(self, group: str, given: dict, prefix: str = "") -> None:
+        """Names (unknown, missing) and types of ``given``; the message names the group or the field."""
+        self.check_names(group, given)
+        self.check_types(given, prefix)
+
+    def check_names(self, group: str, given: dict) -> None:
+        valid = {**self.required, **self.optional}
+        unknown = sorted(set(given) - set(valid))
+        _check(not unknown, group, f"unknown field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
+        missing = sorted(set(self.required) - set(given))
+        _check(not missing, group, f"missing field(s) {missing}")
+
+    def check_types(self, given: dict, prefix: str = "") -> None:
+        """Each value against its annotation; a ``Fields`` annotation is a group with its own schema."""
+        for key, kind in {**self.required, **self.optional}.items():  # in the schema's order
+            if key not in given:
+                continue
+            value = given[key]
+            if isinstance(kind, Fields):
+                _check(isinstance(value, dict), f"{prefix}{key}", f"must be a mapping of fields, got {value!r}")
+            else:
+                _check_type(f"{prefix}{key}", value, kind)
+
+
+# The run config's schema, group by group; the mixer's and the task's options are typed by their
+# constructors' signatures (``mixers.options_of``, ``tasks.options_of``).
+SCHEMA = {"gpu": Fields(GPU), "model": Fields(MODEL, MODEL_OPTIONAL), "train": Fields.of(TrainConfig)}
+SCHEMA["config"] = Fields({**TOP_LEVEL, "mixer": Fields({}), "task": Fields({}), "model": SCHEMA["model"],
+                           "train": SCHEMA["train"]})
+
+
+def sweep_mixers(*left_out: str) -> str:
+    """Every registered mixer except ``left_out``, comma-separated, for a sweep's ``mixer`` parameter:
+    ``mixer: ${sweep_mixers:mamba2}`` in conf/experiment/, so that a new mixer joins every benchmark.
+    tests/harness/test_sweep.py names what each benchmark leaves out, and why."""
+    unknown = sorted(set(left_out) - set(mixers.available()))
+    _check(not unknown, "hydra.sweeper.params.mixer", f"sweep_mixers leaves out unknown mixer(s) {unknown}; "
+                                                       f"valid mixers: {', '.join(mixers.available())}")
+    return ",".join(m for m in mixers.available() if m not in left_out)
+
+
+OmegaConf.register_new_resolver("sweep_mixers", sweep_mixers, replace=True)
 
 
 def to_dict(cfg: DictConfig | dict) -> dict:
@@ -90,19 +142,16 @@ def resolve_device(name: str) -> torch.device:
 
 def check_top_level(cfg: dict) -> None:
     """Names and types of the top-level fields, ranges of the scalar ones, the shape of ``gpu``."""
-    _check_keys("config", cfg, set(TOP_LEVEL) | set(GROUPS))
-    for group in GROUPS:
-        _check(isinstance(cfg[group], dict), group, f"must be a mapping of fields, got {cfg[group]!r}")
-    for key, kind in TOP_LEVEL.items():
-        _check_type(key, cfg[key], kind)
+    SCHEMA["config"].check_names("config", cfg)
+    groups = {k: v for k, v in cfg.items() if k in GROUPS}
+    SCHEMA["config"].check_types(groups)  # each group a mapping first, so that the fields' messages can name it
+    SCHEMA["config"].check_types({k: v for k, v in cfg.items() if k not in GROUPS})
     _check(0 <= cfg["seed"] <= MAX_SEED, "seed", f"must be an integer in [0, 2**63), got {cfg['seed']}")
     _check(cfg["device"] in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {cfg['device']!r}")
     _check(cfg["benchmark"] != "", "benchmark", "must be a non-empty name")
     _check(cfg["results_dir"] != "", "results_dir", "must be a non-empty path")
     _check(cfg["concurrent_runs"] >= 1, "concurrent_runs", f"must be an integer >= 1, got {cfg['concurrent_runs']}")
-    _check_keys("gpu", cfg["gpu"], GPU)
-    for key, kind in GPU.items():
-        _check_type(f"gpu.{key}", cfg["gpu"][key], kind)
+    SCHEMA["gpu"].check("gpu", cfg["gpu"], "gpu.")
     _check(cfg["gpu"]["jobs_per_gpu"] >= 1, "gpu.jobs_per_gpu",
            f"must be an integer >= 1 (1: every job has a GPU of its own), got {cfg['gpu']['jobs_per_gpu']}")
 
@@ -111,28 +160,18 @@ def make_task(task_cfg: dict) -> Task:
     _check("name" in task_cfg, "task.name", "missing")
     _check_type("task.name", task_cfg["name"], str)
     options = {k: v for k, v in task_cfg.items() if k != "name"}
-    cls = tasks._TASKS.get(task_cfg["name"])  # noqa: SLF001 - the registry has no public class lookup yet
-    if cls is not None:
-        hints = F.hints(cls.__init__)
+    try:
+        hints = F.hints(tasks.task_class(task_cfg["name"]).__init__)
         for key, value in options.items():
             if key in hints:
                 _check_type(f"task.{key}", value, hints[key])
-    try:
-        return build_task(task_cfg["name"], **options)
-    except (UnknownTaskError, TaskConfigError) as err:
+        return tasks.build(task_cfg["name"], **options)
+    except (tasks.UnknownTaskError, TaskConfigError) as err:
         raise ConfigError(str(err)) from None
 
 
 def make_train_config(train_cfg: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(train_cfg) - names)
-    _check(not unknown, "train", f"unknown field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
-    missing = sorted(f.name for f in fields(TrainConfig) if f.name not in train_cfg and f.default is not None
-                     and f.name not in ("threads", "progress"))
-    _check(not missing, "train", f"missing field(s) {missing}")
-    hints = F.hints(TrainConfig)
-    for key, value in train_cfg.items():
-        _check_type(f"train.{key}", value, hints[key])
+    SCHEMA["train"].check("train", train_cfg, "train.")
     tc = TrainConfig(**train_cfg)
     _check(tc.steps >= 1, "train.steps", f"must be an integer >= 1, got {tc.steps!r}")
     _check(tc.batch_size >= 1, "train.batch_size", f"must be an integer >= 1, got {tc.batch_size!r}")
@@ -150,10 +189,7 @@ def make_train_config(train_cfg: dict) -> TrainConfig:
 
 
 def check_model_fields(model_cfg: dict) -> None:
-    _check_keys("model", {k: v for k, v in model_cfg.items() if k not in MODEL_OPTIONAL}, MODEL)
-    for key, kind in {**MODEL, **MODEL_OPTIONAL}.items():
-        if key in model_cfg:
-            _check_type(f"model.{key}", model_cfg[key], kind)
+    SCHEMA["model"].check("model", model_cfg, "model.")
     d_model, n_layers, ratio = model_cfg["d_model"], model_cfg["n_layers"], model_cfg["mlp_ratio"]
     _check(d_model >= 1, "model.d_model", f"must be an integer >= 1, got {d_model!r}")
     _check(n_layers >= 1, "model.n_layers", f"must be an integer >= 1, got {n_layers!r}")
@@ -211,12 +247,11 @@ def _shown(options: dict) -> str:
 
 def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
     """The backbone with its mixer on CPU; any refusal to build is a ``ConfigError`` naming the mixer.
+    Trusts ``validate``: the fields' names and types are not checked again here (check once, build once).
 
     Also computes the model's FLOPs for the task's longest input and checks per-parameter optimiser
     overrides (``param._optim``), so that options a mixer accepts but cannot use fail here too.
     """
-    check_model_fields(model_cfg)
-    check_mixer_fields(mixer_cfg)
     name = mixer_cfg["name"]
     options = as_annotated(name, {k: v for k, v in mixer_cfg.items() if k != "name"})
     needed = task.max_input_len()

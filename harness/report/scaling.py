@@ -1,4 +1,4 @@
-"""Tables and log-log plots of a scaling-benchmark result (see ``harness.scaling``)."""
+"""Tables and log-log plots of a scaling-benchmark result (see ``harness.bench.scaling``)."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.environment import hardware_label  # noqa: E402
-from harness.report import save_figure, write_table  # noqa: E402
+from harness.report.kit import hardware_label, save_figure, write_table  # noqa: E402
 
 
 def _fmt(x: float, digits: int = 2) -> str:

@@ -1,8 +1,8 @@
 """Bare causal Toeplitz product on the GPU: fused Triton kernel vs the FFT path vs a copy of x.
 
-    python -m harness.toeplitz_bench                    # conf/toeplitz_bench.yaml
-    python -m harness.toeplitz_bench lengths=[1024,4096] tiles=[[64,128]]
-    python -m harness.toeplitz_bench tune.lengths=[1024]      # also time the forward's launch grid
+    python -m harness.bench.toeplitz_bench                    # conf/toeplitz_bench.yaml
+    python -m harness.bench.toeplitz_bench lengths=[1024,4096] tiles=[[64,128]]
+    python -m harness.bench.toeplitz_bench tune.lengths=[1024]      # also time the forward's launch grid
 
 For each length (batch = tokens // n) and path: forward time, forward + backward time (medians of
 ``repeats`` after ``warmup``, CUDA events around each synchronised call, so host launch latency
@@ -25,10 +25,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from harness.cli import entry_point
-from harness.config import ConfigError, resolve_device
-from harness.environment import environment
-from harness.records import write_atomic
+from harness.launch.entry import entry_point
+from harness.run.config import ConfigError, resolve_device
+from harness.run.environment import environment
+from harness.run.faults import fault_fields
+from harness.run.records import results_folder, write_atomic
 from mixers.tmm import ToeplitzCausal
 
 log = logging.getLogger("mixbench.toeplitz_bench")
@@ -125,13 +126,13 @@ def main_with(cfg: dict) -> list[dict]:
                 row["forward_over_copy"] = row["forward_ms"] / copy_ms
                 row["pipelined_over_copy"] = row["forward_pipelined_ms"] / copy_pipelined_ms
                 row["status"] = "ok"
-            except torch.OutOfMemoryError as err:
-                row.update(status="oom", error=str(err).splitlines()[0])
+            except torch.OutOfMemoryError as err:  # other errors are bugs of the kernel: they stop the bench
+                row.update(fault_fields(err))
             log.info("n=%-6d %-14s %s", n, name, {k: round(v, 3) for k, v in row.items() if isinstance(v, float)})
             rows.append(row)
             del layer
             torch.cuda.empty_cache()
-    out = Path(cfg["results_dir"]) / "scaling" / "gpu_toeplitz"
+    out = results_folder(cfg["results_dir"], "scaling") / "gpu_toeplitz"
     write_atomic(out / "toeplitz_kernel.json", {"config": cfg, "environment": environment(device), "rows": rows})
     write_table(pd.DataFrame(rows), out / "toeplitz_kernel")
     if cfg["tune"]["lengths"]:

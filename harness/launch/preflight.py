@@ -18,8 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, check_forward, make_model, to_dict, validate
-from harness.records import FINISHED, read_record, record_path
+from harness.run.config import ConfigError, check_forward, make_model, to_dict, validate
+from harness.run.records import FINISHED, read_record, record_path
 
 log = logging.getLogger("mixbench")
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"

@@ -37,4 +37,14 @@ def oom_fields(err: BaseException, sizes: dict, device: torch.device) -> dict:
 
 
 def failed_fields(err: BaseException) -> dict:
+    """Record fields of a run that raised: the error and its traceback (call it inside the ``except``)."""
     return {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+def fault_fields(err: BaseException) -> dict:
+    """The fields of a benchmark row (or record) whose measurement raised: ``oom`` with the first line
+    of the allocator's message, or ``failed`` with the traceback. Call it inside the ``except``."""
+    if is_out_of_memory(err):
+        message = str(err)
+        return {"status": "oom", "error": message.splitlines()[0] if message else type(err).__name__}
+    return failed_fields(err)

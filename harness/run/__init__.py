@@ -1,0 +1,8 @@
+"""The run pipeline: one resolved config in, one record out.
+
+Config schema and checks (``config``, ``fields``), building the task and the model (``model``,
+``matching``), training (``train``, ``memory``), the device a run holds (``device``, ``gpus``),
+evaluation sets (``eval_sets``, ``freeze_eval``), records (``records``), faults (``faults``), the
+environment a record notes (``environment``), and ``execute``, which runs one config and writes its
+record. ``python -m harness.run`` is the Hydra entry point. Imports only itself, ``mixers`` and ``tasks``.
+"""
