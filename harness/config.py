@@ -234,7 +234,7 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
                              norm=model_cfg["norm"], tie_embeddings=model_cfg["tie_embeddings"],
                              input_dim=task.input_dim if task.input_kind == "continuous" else 0,
                              output_dim=task.output_dim if task.output_kind == "continuous" else 0,
-                             mlp_hidden=hidden)
+                             mlp_hidden=hidden, train_len=task.max_train_input_len())
 
     matching = None
     target = model_cfg.get("match_params")

@@ -6,8 +6,11 @@ positional features, modulated by an exponential decay per channel; then ``v <- 
 ``v <- h * v + D v`` (FFT causal convolution with a per-channel skip ``D``), ``y = v * x0`` and an
 output projection. Hyperparameters follow the reference implementation's defaults (filter MLP
 width 64, positional feature size 3, 2 inner layers, sine frequency 1, decay from 0.3 to 1.5 of the
-length down to 1e-2); the filter parameters carry their own learning rate and no weight decay, as
-in the reference, through ``param._optim``.
+length down to 1e-2). The filter's parameters carry their own optimiser settings, as in the
+reference, through ``param._optim``: weight decay ``filter_weight_decay`` (0, safari's ``wd``) and a
+learning rate that follows the run's (``filter_lr: null``, as safari's configs tie it:
+``lr: ${optimizer.lr}``), or a fixed ``filter_lr`` (the reference module's own default is 1e-3).
+The short convolution's filters are per-offset kernels: no weight decay (``Mixer.per_offset_kernels``).
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ class HyenaOperator(Mixer):
 
     def __init__(self, d_model: int, max_len: int, filter_width: int = 64, emb_dim: int = 3, inner_layers: int = 2,
                  sin_freq: float = 1.0, short_filter: int = 3, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
-                 decay_target: float = 1e-2, decay_shift: float = 0.0, filter_lr: float = 1e-3,
+                 decay_target: float = 1e-2, decay_shift: float = 0.0, filter_lr: float | None = None,
                  filter_weight_decay: float = 0.0):
         super().__init__(d_model, max_len)
         self.short_filter = short_filter
@@ -113,7 +116,7 @@ class HyenaOperator(Mixer):
         self.skip = nn.Parameter(torch.randn(d_model))  # D
         self.out_proj = nn.Linear(d_model, d_model)
         for p in self.filter.parameters():
-            p._optim = {"lr": filter_lr, "weight_decay": filter_weight_decay}
+            p._optim = {"weight_decay": filter_weight_decay, **({} if filter_lr is None else {"lr": filter_lr})}
 
     @property
     def backend(self) -> str:

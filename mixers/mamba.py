@@ -104,6 +104,8 @@ class Mamba2Torch(nn.Module):
         self.dt_bias = nn.Parameter(init_dt_bias(self.heads, dt_min, dt_max))
         self.A_log = nn.Parameter(torch.empty(self.heads).uniform_(a_init_min, a_init_max).log())
         self.D = nn.Parameter(torch.ones(self.heads))
+        for p in (self.dt_bias, self.A_log, self.D):  # as mamba_ssm's Mamba2 marks them
+            p._no_weight_decay = True
         self.norm = GatedRMSNorm(self.d_inner, self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
@@ -172,6 +174,8 @@ class Mamba1Torch(nn.Module):
             self.dt_proj.bias.copy_(init_dt_bias(di, dt_min, dt_max))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
+        for p in (self.A_log, self.D):  # as mamba_ssm's Mamba marks them
+            p._no_weight_decay = True
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ MIXER_CASES = {
     "tmm-flat": {"heads": 1, "projections": False},
     "tmm-expanded": {"heads": 2, "expanded": True},
     "tmm-dense": {"heads": 2, "impl": "dense"},
+    "tmm_flat": {},
+    "tmm_flat-dense": {"impl": "dense"},
     "attention": {"heads": 2},
     "mamba": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
     "mamba-v1": {"version": 1, "d_state": 4, "impl": "transformers"},
