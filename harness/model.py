@@ -59,7 +59,8 @@ class SequenceModel(nn.Module):
 
     Tokens: ``tokens (batch, n) -> logits (batch, n, vocab)``. Continuous input (``input_dim > 0``):
     ``(batch, n, input_dim)`` in; continuous output (``output_dim > 0``): ``(batch, n, output_dim)`` out.
-    ``train_len``: the longest training input, passed to mixers that take ``init_len`` (TMM's kernel scale).
+    ``train_len``: the longest training input, passed to mixers with a ``train_len`` option left null
+    (TMM's initial kernel scale, TNN's decay rate).
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, max_len: int, mixer: str,
@@ -73,10 +74,10 @@ class SequenceModel(nn.Module):
         if tie_embeddings and (input_dim or output_dim):
             raise ValueError("tie_embeddings needs token inputs and outputs (this task is continuous)")
         options = dict(mixer_options or {})
-        # a mixer whose initialisation follows the training length (an ``init_len`` option left
-        # null) gets the longest training input; without one it falls back to max_len
-        if train_len and "init_len" in mixers.options_of(mixer) and options.get("init_len") is None:
-            options["init_len"] = min(train_len, max_len)
+        # a mixer set up for the training length (a ``train_len`` option left null: TMM's kernel
+        # scale, TNN's decay) gets the longest training input; without it, its own fallback (max_len)
+        if train_len and "train_len" in mixers.options_of(mixer) and options.get("train_len") is None:
+            options["train_len"] = min(train_len, max_len)
         # read-in: a lookup for tokens, a linear map for vectors (Garg et al.'s read_in)
         self.embed = nn.Linear(input_dim, d_model) if input_dim else nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(

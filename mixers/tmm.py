@@ -8,7 +8,7 @@ per-position bias per head (shared by that head's channels), concatenation, outp
 ``heads=1, projections=False`` is the paper's flat layer (one vector shared by all channels);
 ``expanded=True`` is Toeplitz -> SiLU -> Toeplitz with independent weights. Toeplitz weights use
 Kaiming-normal initialisation and zero bias, as in the reference code, where the vector's length is
-the training context, so its std is sqrt(2 / training length): here sqrt(2 / init_len), ``init_len``
+the training context, so its std is sqrt(2 / training length): here sqrt(2 / train_len), ``train_len``
 the longest training input (the backbone passes it; ``max_len`` when not given), so that a model
 whose ``max_len`` is raised for longer evaluation inputs starts from the authors' kernel scale.
 Shorter inputs use the leading part of the kernel and bias. The Toeplitz vectors and the
@@ -56,10 +56,10 @@ class ToeplitzCausal(nn.Module):
     Head ``h`` owns channels ``[h e, (h + 1) e)``; the caller picks the implementation per call.
     """
 
-    def __init__(self, heads: int, max_len: int, init_len: int | None = None):
+    def __init__(self, heads: int, max_len: int, train_len: int | None = None):
         super().__init__()
-        # Kaiming normal over a vector of the training length: std sqrt(2 / init_len)
-        self.weight = nn.Parameter(torch.randn(heads, max_len) * math.sqrt(2.0 / (init_len or max_len)))
+        # Kaiming normal over a vector of the training length: std sqrt(2 / train_len)
+        self.weight = nn.Parameter(torch.randn(heads, max_len) * math.sqrt(2.0 / (train_len or max_len)))
         self.bias = nn.Parameter(torch.zeros(heads, max_len))
         self.heads = heads
 
@@ -119,11 +119,11 @@ class ToeplitzMixer(Mixer):
         dropout: float = 0.0,
         impl: str = "auto",
         fused_max_len: int = 16384,
-        init_len: int | None = None,
+        train_len: int | None = None,
     ):
         super().__init__(d_model, max_len)
-        if init_len is not None and not 1 <= init_len <= max_len:
-            raise ValueError(f"tmm: init_len must be null (max_len) or in [1, max_len={max_len}], got {init_len}")
+        if train_len is not None and not 1 <= train_len <= max_len:
+            raise ValueError(f"tmm: train_len must be null (max_len) or in [1, max_len={max_len}], got {train_len}")
         if heads < 1 or d_model % heads:
             raise ValueError(f"tmm: d_model={d_model} is not divisible by heads={heads}")
         if impl not in IMPLS:
@@ -137,10 +137,10 @@ class ToeplitzMixer(Mixer):
         self.heads, self.projections, self.expanded, self.impl = heads, projections, expanded, impl
         self.declare(impl=impl)
         self._fusable, self.fused_max_len = fusable, fused_max_len
-        self.init_len = init_len or max_len
-        self.toeplitz = ToeplitzCausal(heads, max_len, init_len)
+        self.train_len = train_len or max_len
+        self.toeplitz = ToeplitzCausal(heads, max_len, train_len)
         if expanded:
-            self.toeplitz2 = ToeplitzCausal(heads, max_len, init_len)
+            self.toeplitz2 = ToeplitzCausal(heads, max_len, train_len)
             self.dropout = nn.Dropout(dropout)
         if projections:
             self.in_proj = nn.Linear(d_model, d_model)

@@ -4,7 +4,7 @@ channel, with no projections: ``y[t, c] = sum_{s <= t} w[t - s] x[s, c] + b[t]``
 the authors' analysis and evaluation code loads (their ``ToeplitzCausalLinear``); ``tmm`` is the
 multi-head layer with projections. ``mixers/tmm.py``'s ``ToeplitzMixer`` with ``heads=1`` and
 ``projections=False`` fixed: the same implementations (``impl``), initialisation (Kaiming normal,
-std sqrt(2 / init_len), zero bias) and no weight decay on the vector and the bias.
+std sqrt(2 / train_len), zero bias) and no weight decay on the vector and the bias.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class FlatToeplitzMixer(ToeplitzMixer):
     paper = "Badger & Roland 2026, Toeplitz MLP Mixer (arXiv 2605.06683), the flat layer"
 
     def __init__(self, d_model: int, max_len: int, impl: str = "auto", fused_max_len: int = 16384,
-                 init_len: int | None = None):
+                 train_len: int | None = None):
         super().__init__(d_model, max_len, heads=1, projections=False, impl=impl, fused_max_len=fused_max_len,
-                         init_len=init_len)
+                         train_len=train_len)
 

@@ -73,7 +73,7 @@ class Task:
 
     def max_train_input_len(self) -> int:
         """Longest input (positions) a training batch holds (evaluation sets may be longer); a mixer
-        whose initialisation follows the training length (``init_len``) gets it from the backbone."""
+        set up for the training length (a ``train_len`` option) gets it from the backbone."""
         return self.max_input_len()
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:

@@ -136,17 +136,17 @@ def test_fused_tile_flops_count_the_tiles_the_kernel_visits():
 def test_toeplitz_init_follows_the_training_length_not_max_len(name):
     """The authors' vectors have the training length, so Kaiming normal gives std sqrt(2 / L_train)."""
     torch.manual_seed(0)
-    wide = mixers.build(name, 16, 4096, init_len=256)
+    wide = mixers.build(name, 16, 4096, train_len=256)
     assert wide.toeplitz.weight.shape[-1] == 4096
     assert wide.toeplitz.weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
     default = mixers.build(name, 16, 4096)  # no training length given: max_len
     assert default.toeplitz.weight.std().item() == pytest.approx(math.sqrt(2 / 4096), rel=0.05)
     assert not wide.toeplitz.bias.any()
-    with pytest.raises(ValueError, match="init_len"):
-        mixers.build(name, 16, 64, init_len=65)
+    with pytest.raises(ValueError, match="train_len"):
+        mixers.build(name, 16, 64, train_len=65)
 
 
-def test_the_backbone_passes_the_longest_training_input_as_init_len():
+def test_the_backbone_passes_the_longest_training_input_as_train_len():
     from harness.config import load, make_model, validate
 
     cfg = load(["mixer=tmm", "train=test"])
@@ -154,6 +154,6 @@ def test_the_backbone_passes_the_longest_training_input_as_init_len():
     assert task.max_train_input_len() == 2 * cfg["task"]["max_train_len"] + 1 < task.max_input_len()
     model = make_model(cfg["model"], cfg["mixer"], task)
     assert model.max_len == task.max_input_len()
-    assert {m.init_len for m in model.mixer_modules} == {task.max_train_input_len()}
-    given = make_model(cfg["model"], {**cfg["mixer"], "init_len": 40}, task)
-    assert {m.init_len for m in given.mixer_modules} == {40}
+    assert {m.train_len for m in model.mixer_modules} == {task.max_train_input_len()}
+    given = make_model(cfg["model"], {**cfg["mixer"], "train_len": 40}, task)
+    assert {m.train_len for m in given.mixer_modules} == {40}
