@@ -189,10 +189,13 @@ def validate(cfg: dict, check_device: bool = True) -> tuple[Task, TrainConfig]:
     Raises ``ConfigError`` naming the field. The mixer's own range checks run in ``make_model``.
     """
     check_top_level(cfg)
-    if check_device:
-        resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"]) if check_device else None
     task = make_task(cfg["task"])
     train_cfg = make_train_config(cfg["train"])
+    # bf16 is CUDA autocast (harness.train.autocast_context): elsewhere the run would be fp32 under a bf16 label
+    _check(device is None or device.type == "cuda" or train_cfg.precision != "bf16", "train.precision",
+           f"bf16 runs as CUDA autocast, but this run's device is {device} (device={cfg['device']}); "
+           "set train.precision=fp32 (or run on a GPU)")
     check_model_fields(cfg["model"])
     check_mixer_fields(cfg["mixer"])
     return task, train_cfg

@@ -102,6 +102,7 @@ def execute(cfg: dict) -> dict:
                  f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
         try:
             model = model.to(device)
+            record["backend"] = model.backend  # the path follows the parameters' device (mamba, tmm)
             check_forward(model, task, device, cfg["mixer"])  # options that build but cannot run: ConfigError
             generator = torch.Generator(device=device).manual_seed(cfg["seed"])
             result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}",

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
     (("task.protocol=shifted",), "task.protocol"),
     (("train.steps=0",), "train.steps"),
     (("train.precision=fp8",), "train.precision: must be one of fp32, bf16"),
+    (("device=cpu", "train.precision=bf16"), "train.precision: bf16 runs as CUDA autocast, but this run's device is cpu"),
     (("train.warmup_steps=5000",), "train.warmup_steps"),
     (("device=tpu",), "device: must be one of auto, cpu, cuda"),
     (("model.n_layers=0",), "model.n_layers"),
