@@ -18,7 +18,7 @@ from harness import fields as F
 from harness.faults import is_out_of_memory
 from harness.matching import MatchError, match_parameters
 from harness.model import SequenceModel
-from harness.train import TrainConfig
+from harness.train import EXEMPTION_RULES, TrainConfig
 from tasks import UnknownTaskError, build_task
 from tasks.base import Task, TaskConfigError
 
@@ -138,6 +138,8 @@ def make_train_config(train_cfg: dict) -> TrainConfig:
     _check(tc.batch_size >= 1, "train.batch_size", f"must be an integer >= 1, got {tc.batch_size!r}")
     _check(tc.lr > 0, "train.lr", f"must be > 0, got {tc.lr}")
     _check(tc.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {tc.weight_decay}")
+    _check(tc.weight_decay_exempt in EXEMPTION_RULES, "train.weight_decay_exempt",
+           f"must be one of {', '.join(EXEMPTION_RULES)}, got {tc.weight_decay_exempt!r}")
     _check(all(0 <= b < 1 for b in tc.betas), "train.betas", f"must be two numbers in [0, 1), got {tc.betas}")
     _check(0 <= tc.warmup_steps <= tc.steps, "train.warmup_steps", f"must be in [0, train.steps={tc.steps}], got {tc.warmup_steps}")
     _check(0 <= tc.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {tc.min_lr_ratio}")

@@ -112,7 +112,7 @@ def bare_training_s(cfg: dict, steps: int | None = None) -> float:
     model = model.to(device)
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
     batches = [task.train_batch(tc.batch_size, generator) for _ in range(steps or tc.steps)]
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay, tc.weight_decay_exempt), lr=tc.lr, betas=tuple(tc.betas),
                                   fused=device.type == "cuda")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if tc.precision == "bf16" and device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))

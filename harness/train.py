@@ -33,6 +33,7 @@ class TrainConfig:
     batch_size: int
     lr: float
     weight_decay: float
+    weight_decay_exempt: str
     betas: tuple[float, float]
     warmup_steps: int
     min_lr_ratio: float
@@ -55,12 +56,21 @@ class TrainResult:
     steps_done: int = 0
 
 
-def weight_decay_exempt(model: nn.Module) -> dict[str, str]:
+EXEMPTION_RULES = ("conventions", "matrices")
+
+
+def weight_decay_exempt(model: nn.Module, rule: str = "conventions") -> dict[str, str]:
     """``{parameter name: why}`` for every parameter of ``model`` trained without weight decay (what a
     record lists). Inside a mixer: what the mixer declares (``Mixer.no_weight_decay``: its authors'
     marks, norms, biases, vectors, per-offset kernels). The backbone follows nanoGPT: norms and
     biases are exempt, the embedding, the MLP matrices and the LM head (tied or not) are decayed.
-    Names as ``model.named_parameters()`` gives them (a tied weight once)."""
+    Names as ``model.named_parameters()`` gives them (a tied weight once). ``rule="matrices"`` is the
+    older rule kept to reproduce earlier records: only parameters of fewer than two dimensions are exempt
+    (Toeplitz vectors, position biases, Mamba1's A_log, convolution filters decayed)."""
+    if rule not in EXEMPTION_RULES:
+        raise ValueError(f"weight-decay exemption rule must be one of {', '.join(EXEMPTION_RULES)}, got {rule!r}")
+    if rule == "matrices":
+        return {name: "vector" for name, p in model.named_parameters() if p.dim() < 2}
     exempt, inside = {}, set()
     for prefix, module in model.named_modules():
         if isinstance(module, Mixer):
@@ -78,11 +88,11 @@ def learning_rate_overrides(model: nn.Module) -> dict[str, dict]:
     return {name: dict(p._optim) for name, p in model.named_parameters() if hasattr(p, "_optim")}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decayed parameters, exempt ones (``weight_decay_exempt``) at weight decay 0, and
-    one group per parameter with its own settings (``param._optim``; what it leaves out follows the
-    run: its learning rate the run's schedule, its weight decay the exemption rules)."""
-    exempt = weight_decay_exempt(model)
+def param_groups(model: nn.Module, weight_decay: float, rule: str = "conventions") -> list[dict]:
+    """AdamW groups: decayed parameters, exempt ones (``weight_decay_exempt(model, rule)``) at weight
+    decay 0, and one group per parameter with its own settings (``param._optim``; what it leaves out
+    follows the run: its learning rate the run's schedule, its weight decay the exemption rule)."""
+    exempt = weight_decay_exempt(model, rule)
     decay, no_decay, special = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -158,7 +168,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
     frozen copies ``harness.eval_sets`` loads); raises ``Diverged`` on a non-finite loss."""
     result = TrainResult()
     eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.weight_decay_exempt), lr=cfg.lr, betas=tuple(cfg.betas),
                                   fused=device.type == "cuda")
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     memory = PeakMemory(device)

@@ -123,3 +123,38 @@ def test_hyena_filter_learning_rate_follows_the_run_unless_fixed():
     assert _group_of(optimizer.param_groups, filter_weight)["lr"] == 1e-3
     assert _group_of(optimizer.param_groups, filter_weight)["weight_decay"] == 0.0
     assert weight_decay_exempt(fixed)["blocks.0.mixer.filter.mlp.0.weight"] == "optimiser override"
+
+
+def test_the_matrices_rule_reproduces_the_older_grouping():
+    """``train.weight_decay_exempt=matrices``: every parameter of two or more dimensions decayed."""
+    model = _model("mamba1", d_state=4, impl="torch")
+    groups = param_groups(model, 0.1, "matrices")
+    for name, p in model.named_parameters():
+        assert _group_of(groups, p)["weight_decay"] == (0.1 if p.dim() >= 2 else 0.0), name
+    assert "blocks.0.mixer.inner.A_log" not in weight_decay_exempt(model, "matrices")
+    with pytest.raises(ValueError, match="conventions, matrices"):
+        weight_decay_exempt(model, "all")
+
+
+@pytest.mark.parametrize("rule", ["conventions", "matrices"])
+def test_training_leaves_unused_toeplitz_lags_alone_unless_the_old_rule_decays_them(rule):
+    """Lags past the longest training input get no gradient, so only weight decay could move them."""
+    from harness.config import load, make_model, validate
+    from harness.train import train
+
+    cfg = load(["mixer=tmm", "mixer.heads=2", "train=test", "train.steps=3", "train.eval_every=3",
+                "train.progress=false", "train.lr=0.1", "train.weight_decay=0.5", "train.warmup_steps=0",
+                "train.min_lr_ratio=1.0", "train.grad_clip=0", f"train.weight_decay_exempt={rule}",
+                "task.max_train_len=8", "task.eval_lengths=[16]", "task.eval_samples=4"])
+    task, train_cfg = validate(cfg, check_device=False)
+    torch.manual_seed(0)
+    model = make_model(cfg["model"], cfg["mixer"], task)
+    unused = slice(task.max_train_input_len(), model.max_len)  # lags no training input reaches
+    kernel = model.blocks[0].mixer.toeplitz.weight
+    before = kernel.detach()[:, unused].clone()
+    train(model, task, train_cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    after = kernel.detach()[:, unused]
+    if rule == "conventions":
+        assert torch.equal(after, before)
+    else:
+        assert torch.allclose(after, before * (1 - 0.1 * 0.5) ** 3)
