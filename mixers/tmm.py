@@ -76,6 +76,8 @@ class ToeplitzCausal(nn.Module):
         ``block``, ``rows``, ``dw_block``: the fused kernel's bank tile, output rows per tile and
         kernel-gradient block)."""
         if impl == "fused":
+            if not x.is_cuda:  # explicit impl=fused; auto takes the FFT path off CUDA
+                raise RuntimeError("tmm: impl=fused runs a Triton kernel, which needs CUDA inputs; use impl=auto or fft on CPU")
             from mixers.ops.toeplitz_triton import toeplitz_fused
 
             return toeplitz_fused(x, self.weight, self.bias, self.heads, block=block, rows=rows, dw_block=dw_block)

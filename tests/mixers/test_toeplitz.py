@@ -157,3 +157,16 @@ def test_the_backbone_passes_the_longest_training_input_as_train_len():
     assert {m.train_len for m in model.mixer_modules} == {task.max_train_input_len()}
     given = make_model(cfg["model"], {**cfg["mixer"], "train_len": 40}, task)
     assert {m.train_len for m in given.mixer_modules} == {40}
+
+
+def test_auto_takes_the_fft_path_on_cpu_and_fused_refuses_cpu_inputs_where_triton_is_installed(monkeypatch):
+    """On a GPU machine (Triton and CUDA present) a CPU-placed TMM still runs the FFT path."""
+    import mixers.tmm
+
+    monkeypatch.setattr(mixers.tmm, "triton_available", lambda: True)
+    auto = mixers.build("tmm", 32, 64, heads=2)
+    assert auto.backend == "torch-fft" and auto.backend_at(64) == "torch-fft"
+    assert auto(torch.randn(1, 9, 32)).shape == (1, 9, 32)
+    fused = mixers.build("tmm", 32, 64, heads=2, impl="fused")
+    with pytest.raises(RuntimeError, match="impl=fused runs a Triton kernel, which needs CUDA inputs"):
+        fused(torch.randn(1, 9, 32))
