@@ -102,7 +102,8 @@ def execute(cfg: dict) -> dict:
                  f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
         try:
             model = model.to(device)
-            record["backend"] = model.backend  # the path follows the parameters' device (mamba, tmm)
+            # the path, and so the FLOPs counted, follow the parameters' device (mamba, tmm)
+            record.update(backend=model.backend, flops_per_sequence=model.flop_terms(task.max_input_len()))
             check_forward(model, task, device, cfg["mixer"])  # options that build but cannot run: ConfigError
             generator = torch.Generator(device=device).manual_seed(cfg["seed"])
             result = train(model, task, train_cfg, device, generator, description=f"{cfg['mixer']['name']}/{task.name}",
