@@ -1,5 +1,7 @@
-"""The training loop: AdamW, warmup + cosine decay, gradient clipping, bf16 autocast on GPU,
-periodic evaluation on the task's fixed sets, and the measurements every record carries."""
+"""The training loop: AdamW (weight decay on what each mixer and the backbone do not exempt:
+``weight_decay_exempt``; parameters with their own settings: ``learning_rate_overrides``), warmup +
+cosine decay, gradient clipping, bf16 autocast on GPU (bf16 elsewhere is refused by the config
+check), periodic evaluation on the task's fixed sets, and the measurements every record carries."""
 from __future__ import annotations
 
 import contextlib
