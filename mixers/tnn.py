@@ -94,8 +94,9 @@ class ToeplitzNeuralNetwork(Mixer):
             raise ValueError(f"tnn: rpe_activation must be one of {', '.join(ACTIVATIONS)}, got {rpe_activation!r}")
         if train_len is not None and train_len < 1:
             raise ValueError(f"tnn: train_len must be null (max_len) or >= 1, got {train_len}")
+        self.train_len = train_len or max_len
         if gamma is None:
-            gamma = recommended_gamma(train_len or max_len)
+            gamma = recommended_gamma(self.train_len)
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"tnn: gamma must be in (0, 1], got {gamma}")
         self.channels = int(expand_ratio * d_model)

@@ -146,10 +146,11 @@ def test_toeplitz_init_follows_the_training_length_not_max_len(name):
         mixers.build(name, 16, 64, train_len=65)
 
 
-def test_the_backbone_passes_the_longest_training_input_as_train_len():
+@pytest.mark.parametrize("name", ["tmm", "tmm_flat", "hyena", "tnn"])
+def test_the_backbone_passes_the_longest_training_input_as_train_len(name):
     from harness.config import load, make_model, validate
 
-    cfg = load(["mixer=tmm", "train=test"])
+    cfg = load([f"mixer={name}", "train=test"])
     task, _ = validate(cfg, check_device=False)
     assert task.max_train_input_len() == 2 * cfg["task"]["max_train_len"] + 1 < task.max_input_len()
     model = make_model(cfg["model"], cfg["mixer"], task)
