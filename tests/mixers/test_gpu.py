@@ -35,7 +35,7 @@ def test_mamba_ssm_kernels_equal_torch_path(length):
     assert float((a - b).norm() / b.norm()) < 2e-3  # Triton kernels use TF32 products
 
 
-@pytest.mark.parametrize("name", ["tmm", "attention", "mamba", "hyena", "mamba1", "mamba2", "tnn", "gltm",
+@pytest.mark.parametrize("name", ["tmm", "tmm_flat", "attention", "mamba", "hyena", "mamba1", "mamba2", "tnn", "gltm",
                                   "linear_attention", "gla", "based", "sliding_window_attention"])
 def test_every_mixer_runs_forward_backward_in_bf16(name):
     mixer = mixers.build(name, 128, 512).cuda()
