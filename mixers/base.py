@@ -3,11 +3,59 @@
 A mixer maps ``(batch, length, d_model)`` to ``(batch, length, d_model)`` and is strictly causal:
 output position ``t`` depends on input positions ``<= t`` only. It reports its analytic forward
 FLOPs per sequence (``flop_terms`` / ``flops``), its declared complexity, and the backend that ran.
+It also declares which of its parameters get no weight decay (``no_weight_decay``) and which carry
+their own optimiser settings (``param._optim``, e.g. Hyena's filter), as its authors train it.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer: torch's, or any module whose class name ends in ``Norm`` (mamba_ssm's
+    ``RMSNormGated``, this project's ``GatedRMSNorm``)."""
+    return isinstance(module, NORM_TYPES) or type(module).__name__.endswith("Norm")
+
+
+def conventional_exemptions(module: nn.Module, kernels: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
+    """``{parameter name: why}`` for the parameters of ``module`` that the usual conventions (mamba_ssm,
+    fla, nanoGPT) train without weight decay, names as ``module.named_parameters()`` gives them:
+
+    - ``marked``: the parameter carries ``_no_weight_decay = True`` (mamba_ssm's marks on A_log, D, dt_bias);
+    - ``optimiser override``: its own ``param._optim`` sets ``weight_decay`` to 0 (Hyena's filter);
+    - ``per-offset kernel``: named in ``kernels`` (one weight per sequence offset: Toeplitz vectors,
+      convolution filters);
+    - ``norm``: a parameter of a normalisation layer (``is_norm``);
+    - ``bias``: named ``bias`` or ``*_bias`` (per-position biases included, whatever their shape);
+    - ``vector``: any other parameter of fewer than two dimensions (per-channel scales, nanoGPT's rule).
+
+    Everything else (the weight matrices of linear layers, embeddings) is decayed.
+    """
+    norms = {f"{prefix}.{name}" if prefix else name
+             for prefix, sub in module.named_modules() if is_norm(sub) for name, _ in sub.named_parameters(recurse=False)}
+    unknown = sorted(set(kernels) - {name for name, _ in module.named_parameters()})
+    if unknown:
+        raise ValueError(f"{type(module).__name__}: per-offset kernels {unknown} are not parameters of it")
+    exempt = {}
+    for name, p in module.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if getattr(p, "_no_weight_decay", False):
+            exempt[name] = "marked"
+        elif getattr(p, "_optim", {}).get("weight_decay", None) == 0:
+            exempt[name] = "optimiser override"
+        elif name in kernels:
+            exempt[name] = "per-offset kernel"
+        elif name in norms:
+            exempt[name] = "norm"
+        elif leaf == "bias" or leaf.endswith("_bias"):
+            exempt[name] = "bias"
+        elif p.dim() < 2:
+            exempt[name] = "vector"
+    return exempt
 
 
 # what a dense (n x n) reference implementation (``impl="dense"``) costs in training, whatever the mixer
@@ -57,6 +105,20 @@ class Mixer(nn.Module):
         """Set this instance's complexity attributes from ``declared_complexity(**options)``."""
         for key, value in self.declared_complexity(**options).items():
             setattr(self, key, value)
+
+    # ---- training: what its authors exempt from weight decay --------------------------------
+    def per_offset_kernels(self) -> set[str]:
+        """Names (as ``named_parameters`` gives them) of parameters holding one weight per sequence
+        offset, which get no weight decay: by default the weights of every ``nn.Conv1d`` inside the
+        mixer (short causal convolutions); mixers with other kernels (Toeplitz vectors) add theirs."""
+        return {f"{prefix}.weight" if prefix else "weight" for prefix, sub in self.named_modules()
+                if isinstance(sub, nn.Conv1d)}
+
+    def no_weight_decay(self) -> dict[str, str]:
+        """``{parameter name: why}`` for every parameter of this mixer trained without weight decay
+        (``conventional_exemptions`` with this mixer's ``per_offset_kernels``). Override to declare
+        more; every registered mixer's exemptions are checked against the conventions by a test."""
+        return conventional_exemptions(self, self.per_offset_kernels())
 
     @property
     def backend(self) -> str:

@@ -5,7 +5,9 @@ Linear-attention branch, as the authors' reference (HazyResearch/zoology ``Based
 projected to ``feature_dim`` (16) per head, values to d_model / heads per head (no biases), the
 feature map ``phi(x) = [1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))]`` with d = feature_dim (so
 ``phi(q) . phi(k) = 1 + q.k / sqrt(d) + (q.k)^2 / (2 d)``, the Taylor expansion of exp(q.k / sqrt(d))),
-normalised causal linear attention ``phi(q_t) S_t / (phi(q_t) . z_t + eps)`` through the chunked
+held as its ``1 + d + d (d + 1) / 2`` distinct features (153 for d = 16: each product x_i x_j once,
+weighted so the kernel is unchanged, as fla's Based kernels do; zoology's map repeats x_i x_j and
+x_j x_i: 273; state size and FLOPs count the 153), normalised causal linear attention ``phi(q_t) S_t / (phi(q_t) . z_t + eps)`` through the chunked
 form of ``mixers/ops/linear_attention.py`` (``impl=recurrent``: the token-by-token reference), and an
 output projection. On CUDA, fla's kernels compute the same kernel value and normaliser from the
 projected q, k (``mixers/ops/fla_kernels.py``): ``impl=fla`` through the distinct Taylor features
@@ -39,8 +41,28 @@ from mixers.ops.linear_attention import linear_attention_chunked, linear_attenti
 from mixers.sliding_window_attention import SlidingWindowAttention
 
 
+def taylor_feature_count(d: int) -> int:
+    """Distinct 2nd-order Taylor features of a ``d``-vector: ``1 + d + d (d + 1) / 2`` (153 for d = 16)."""
+    return 1 + d + d * (d + 1) // 2
+
+
 def taylor_features(x: torch.Tensor) -> torch.Tensor:
-    """``x (..., d)`` -> ``(..., 1 + d + d^2)``: ``phi(x) . phi(y) = 1 + x.y / sqrt(d) + (x.y)^2 / (2 d)``."""
+    """``x (..., d)`` -> ``(..., 1 + d + d (d + 1) / 2)`` with ``phi(x) . phi(y) = 1 + x.y / sqrt(d) + (x.y)^2 / (2 d)``.
+
+    The quadratic part keeps each product ``x_i x_j`` once (``i <= j``): ``(x.y)^2 = sum_i x_i^2 y_i^2
+    + 2 sum_{i<j} x_i x_j y_i y_j``, so the diagonal is scaled by ``1 / sqrt(2 d)`` and the rest by
+    ``1 / sqrt(d)``: the same kernel as the ``d^2`` features of ``vec(x x^T) / sqrt(2 d)``
+    (``taylor_features_full``, zoology's map), in 153 features instead of 273 for d = 16 (as fla's Based).
+    """
+    d = x.shape[-1]
+    rows, cols = torch.triu_indices(d, d, device=x.device)
+    scale = torch.where(rows == cols, 1.0 / math.sqrt(2.0 * d), 1.0 / math.sqrt(d)).to(x.dtype)
+    quadratic = x[..., rows] * x[..., cols] * scale
+    return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, quadratic], dim=-1)
+
+
+def taylor_features_full(x: torch.Tensor) -> torch.Tensor:
+    """The reference map with every ordered pair: ``x (..., d)`` -> ``(..., 1 + d + d^2)``, the same kernel."""
     d = x.shape[-1]
     outer = (x[..., :, None] * x[..., None, :]).flatten(-2) / (math.sqrt(2.0) * math.sqrt(d))
     return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, outer], dim=-1)
@@ -123,7 +145,7 @@ class Based(Mixer):
         return self.o_proj(rearrange(FLA_OPS[path](q, k, v, self.eps), "b n h e -> b n (h e)"))
 
     def _features(self, x: torch.Tensor, pattern: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """phi(q), phi(k) ``(..., heads, 1 + f + f^2)`` and v with a ones column, heads split by ``pattern``."""
+        """phi(q), phi(k) ``(..., heads, 1 + f + f (f + 1) / 2)`` and v with a ones column, heads split by ``pattern``."""
         q = taylor_features(rearrange(self.q_proj(x), pattern, h=self.heads))
         k = taylor_features(rearrange(self.k_proj(x), pattern, h=self.heads))
         v = rearrange(self.v_proj(x), pattern, h=self.heads)
@@ -169,16 +191,16 @@ class Based(Mixer):
         return y, new
 
     def state_size(self, length: int) -> int:
-        f = self.feature_dim
-        linear = self.heads * (1 + f + f * f) * (self.head_dim + 1)  # S and z
+        linear = self.heads * taylor_feature_count(self.feature_dim) * (self.head_dim + 1)  # S and z
         return linear + (self.window_attention.state_size(length) if self.window_attention is not None else 0)
 
     def flop_terms(self, length: int) -> dict[str, float]:
         n, d, h, f = length, self.d_model, self.heads, self.feature_dim
-        D = 1 + f + f * f
+        D = taylor_feature_count(f)
         terms = {"matmul": 2 * F.linear(n, d, f * h) + 2 * F.linear(n, d, d), "scan": 0.0,
-                 # Taylor features of q and k (outer product, two scalings), normalisation
-                 "elementwise": 2.0 * n * h * (2.0 * f * f + f) + 2.0 * n * d}
+                 # Taylor features of q and k (the f (f + 1) / 2 products and their scaling, the
+                 # linear term's scaling), normalisation
+                 "elementwise": 2.0 * n * h * (f * (f + 1.0) + f) + 2.0 * n * d}
         if self.impl == "fla_parallel":  # every causal pair: q.k, 1 + s + s^2 / 2 (4), kernel x [v, 1]
             pairs = h * n * (n + 1) / 2.0
             terms["attention"] = pairs * (2.0 * f + 2.0 * (self.head_dim + 1))

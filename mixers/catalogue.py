@@ -5,7 +5,8 @@
 
 One row per registered mixer, built with the defaults of ``conf/mixer/<name>.yaml`` at the sizes of
 ``conf/catalogue.yaml``: paper, declared time and memory complexity (training, per sequence),
-inference state, backends, parameters per layer.
+inference state, backends, parameters per layer, and what trains without weight decay besides
+biases, norms and vectors (``Mixer.no_weight_decay``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,24 @@ def mixer_defaults(name: str) -> dict:
     return {k: v for k, v in conf.items() if k != "name"}
 
 
+SPECIAL = {"marked": "marked", "per-offset kernel": "kernel", "optimiser override": "own settings"}
+
+
+def special_exemptions(mixer: mixers.Mixer) -> str:
+    """The exemptions that are not a bias, a norm or a vector, by reason; parameters with their own
+    optimiser settings shown as the module holding them (``filter.*``)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in mixer.no_weight_decay().items():
+        if why in SPECIAL:
+            by_reason.setdefault(why, []).append(name)
+    parts = []
+    for why, names in by_reason.items():
+        if why == "optimiser override":
+            names = sorted({name.split(".")[0] + ".*" for name in names})
+        parts.append(f"{SPECIAL[why]}: {', '.join(f'`{n}`' for n in sorted(names))}")
+    return "; ".join(parts) or "-"
+
+
 def rows(d_model: int, max_len: int) -> list[dict]:
     out = []
     for name in mixers.available():
@@ -35,7 +54,7 @@ def rows(d_model: int, max_len: int) -> list[dict]:
         out.append({
             "name": name, "paper": mixer.paper, "time": mixer.time_complexity, "memory": mixer.memory_complexity,
             "state": mixer.state_complexity, "backends": ", ".join(mixer.backends),
-            "params": sum(p.numel() for p in mixer.parameters()),
+            "params": sum(p.numel() for p in mixer.parameters()), "no_decay": special_exemptions(mixer),
         })
     return out
 
@@ -51,14 +70,17 @@ def render() -> str:
         "Every registered mixer, with the defaults of `conf/mixer/<name>.yaml`. Time and memory are the",
         "declared training complexities per sequence in the length n (w: a window); inference state is",
         "what decoding holds per sequence and layer after n tokens. Parameters per layer at",
-        f"d_model {d} (max_len {n}). The backend that ran is recorded with every result.",
+        f"d_model {d} (max_len {n}). The backend that ran is recorded with every result. No weight decay:",
+        "what each mixer trains without weight decay besides biases, norms and other vectors",
+        "(`Mixer.no_weight_decay`; marked: mamba_ssm's `_no_weight_decay`; kernel: one weight per offset;",
+        "own settings: `param._optim`).",
         "",
-        "| mixer | paper | time | memory | inference state | backends | parameters / layer |",
-        "| --- | --- | --- | --- | --- | --- | ---: |",
+        "| mixer | paper | time | memory | inference state | backends | parameters / layer | no weight decay |",
+        "| --- | --- | --- | --- | --- | --- | ---: | --- |",
     ]
     for r in rows(d, n):
         lines.append(f"| `{r['name']}` | {r['paper']} | {r['time']} | {r['memory']} | {r['state']} | {r['backends']} "
-                     f"| {r['params']:,} |")
+                     f"| {r['params']:,} | {r['no_decay']} |")
     return "\n".join(lines) + "\n"
 
 

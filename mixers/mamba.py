@@ -11,7 +11,12 @@ Backends (``impl``), all with identical hyperparameters (mamba_ssm's defaults) a
   reference paths (slow on CPU: Mamba2's materialises a (batch, chunks, len, len, heads, state)
   tensor, Mamba's scans one token at a time).
 
-``auto`` takes ``kernels`` with CUDA and mamba_ssm, else ``torch``. ``backend`` records which ran.
+``auto`` takes ``kernels`` where mamba_ssm imports and CUDA is present, else ``torch``. Whatever is
+installed, the path follows the device: mamba_ssm's module runs its kernels on CUDA inputs only and
+the PyTorch path (``torch``'s maths over the same parameters) on CPU inputs, so a run configured for
+``device: cpu`` on a GPU machine never calls a CUDA kernel. ``kernels`` starts from the initial
+weights ``torch`` draws (copied in: the same names), so a seed gives the same model on every machine.
+``backend`` (from the parameters' device) and ``backend_on(device)`` say which path runs.
 The registry also offers ``mamba1`` and ``mamba2`` (``mixers/mamba1.py``, ``mixers/mamba2.py``):
 this class with the version fixed and each version's own defaults.
 """
@@ -82,11 +87,17 @@ class GatedRMSNorm(nn.Module):
         self.group_size, self.eps = group_size, eps
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = y * nn.functional.silu(z)
-        g = y.unflatten(-1, (-1, self.group_size))
-        g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
-        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
-        return g.flatten(-2).to(y.dtype) * self.weight
+        return gated_rms_norm(y, z, self)
+
+
+def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """``GatedRMSNorm`` with the parameters of ``norm`` (``weight``, ``group_size``, ``eps``: this
+    module's, or mamba_ssm's ``RMSNormGated`` with ``norm_before_gate=False``): ``(..., d) -> (..., d)``."""
+    y = y * nn.functional.silu(z)
+    g = y.unflatten(-1, (-1, norm.group_size))
+    g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+    g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return g.flatten(-2).to(y.dtype) * norm.weight
 
 
 class Mamba2Torch(nn.Module):
@@ -96,56 +107,71 @@ class Mamba2Torch(nn.Module):
                  chunk_size: int, dt_min: float, dt_max: float, a_init_min: float, a_init_max: float):
         super().__init__()
         self.d_inner = expand * d_model
-        self.heads, self.headdim, self.ngroups, self.d_state = self.d_inner // headdim, headdim, ngroups, d_state
+        self.nheads, self.headdim, self.ngroups, self.d_state = self.d_inner // headdim, headdim, ngroups, d_state
         self.chunk_size = chunk_size
         conv_dim = self.d_inner + 2 * ngroups * d_state
-        self.in_proj = nn.Linear(d_model, self.d_inner + conv_dim + self.heads, bias=False)  # z, xBC, dt
+        self.in_proj = nn.Linear(d_model, self.d_inner + conv_dim + self.nheads, bias=False)  # z, xBC, dt
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1, bias=True)
-        self.dt_bias = nn.Parameter(init_dt_bias(self.heads, dt_min, dt_max))
-        self.A_log = nn.Parameter(torch.empty(self.heads).uniform_(a_init_min, a_init_max).log())
-        self.D = nn.Parameter(torch.ones(self.heads))
+        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max))
+        self.A_log = nn.Parameter(torch.empty(self.nheads).uniform_(a_init_min, a_init_max).log())
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        for p in (self.dt_bias, self.A_log, self.D):  # as mamba_ssm's Mamba2 marks them
+            p._no_weight_decay = True
         self.norm = GatedRMSNorm(self.d_inner, self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.prefill(u)[0]
 
-    def _scan_inputs(self, xbc: torch.Tensor, dt: torch.Tensor, ct: torch.dtype):
-        """Split the convolved ``xbc (..., conv_dim)``: x ``(..., heads, p)``, B and C ``(..., groups, n)``,
-        softplus(dt + bias) and A, all in ``ct``."""
-        x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        x = x.unflatten(-1, (self.heads, self.headdim)).to(ct)
-        B = B.unflatten(-1, (self.ngroups, self.d_state)).to(ct)
-        C = C.unflatten(-1, (self.ngroups, self.d_state)).to(ct)
-        dt = nn.functional.softplus(dt.to(ct) + self.dt_bias.to(ct))
-        return x, B, C, dt, -torch.exp(self.A_log.to(ct))
-
     def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        n = u.shape[1]
-        z, xbc, dt = self.in_proj(u).split([self.d_inner, self.conv1d.in_channels, self.heads], dim=-1)
-        k = self.conv1d.kernel_size[0]
-        conv_state = nn.functional.pad(xbc.transpose(1, 2), (k - 1, 0))[..., n:]  # last k-1 inputs
-        xbc = nn.functional.silu(self.conv1d(xbc.transpose(1, 2))[..., :n].transpose(1, 2))
-        ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype  # scan precision
-        x, B, C, dt, A = self._scan_inputs(xbc, dt, ct)  # x (b, n, h, p), B and C (b, n, g, N), dt (b, n, h)
-        y, ssm_state = ssd_chunked(x, dt, A, B, C, min(self.chunk_size, n), return_state=True)
-        y = y + x * self.D.to(ct)[:, None]
-        y = self.norm(y.flatten(-2).to(u.dtype), z)
-        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+        return mamba2_prefill(self, u)
 
     def step(self, u: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        """One token ``u (batch, d_model)``: the recurrence of ``ssd_sequential`` for one step."""
-        z, xbc, dt = self.in_proj(u).split([self.d_inner, self.conv1d.in_channels, self.heads], dim=-1)
-        window = torch.cat([state["conv"], xbc[..., None]], dim=-1)  # (b, conv_dim, k)
-        xbc = nn.functional.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
-        ct = state["ssm"].dtype
-        x, B, C, dt, A = self._scan_inputs(xbc, dt, ct)  # x (b, h, p), B and C (b, g, N), dt (b, h)
-        r = self.heads // self.ngroups
-        B, C = B.repeat_interleave(r, dim=1), C.repeat_interleave(r, dim=1)  # (b, h, N)
-        ssm = state["ssm"] * torch.exp(dt * A)[..., None, None] + (dt[..., None] * x)[..., None] * B[:, :, None, :]
-        y = (ssm * C[:, :, None, :]).sum(-1) + x * self.D.to(ct)[:, None]
-        y = self.norm(y.flatten(-2).to(u.dtype), z)
-        return self.out_proj(y), {"conv": window[..., 1:], "ssm": ssm}
+        return mamba2_step(self, u, state)
+
+
+# The PyTorch Mamba2 maths over any layer with mamba_ssm's Mamba2 attributes (``in_proj``, ``conv1d``,
+# ``dt_bias``, ``A_log``, ``D``, ``norm``, ``out_proj``, ``d_inner``, ``nheads``, ``headdim``, ``ngroups``,
+# ``d_state``, ``chunk_size``): ``Mamba2Torch``, or mamba_ssm's own ``Mamba2`` given CPU inputs.
+def _mamba2_scan_inputs(layer: nn.Module, xbc: torch.Tensor, dt: torch.Tensor, ct: torch.dtype):
+    """Split the convolved ``xbc (..., conv_dim)``: x ``(..., heads, p)``, B and C ``(..., groups, n)``,
+    softplus(dt + bias) and A, all in ``ct``."""
+    x, B, C = xbc.split([layer.d_inner, layer.ngroups * layer.d_state, layer.ngroups * layer.d_state], dim=-1)
+    x = x.unflatten(-1, (layer.nheads, layer.headdim)).to(ct)
+    B = B.unflatten(-1, (layer.ngroups, layer.d_state)).to(ct)
+    C = C.unflatten(-1, (layer.ngroups, layer.d_state)).to(ct)
+    dt = nn.functional.softplus(dt.to(ct) + layer.dt_bias.to(ct))
+    return x, B, C, dt, -torch.exp(layer.A_log.to(ct))
+
+
+def mamba2_prefill(layer: nn.Module, u: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``u (batch, n, d_model)`` -> the output and the decoding state ``{"conv", "ssm"}``."""
+    n = u.shape[1]
+    z, xbc, dt = layer.in_proj(u).split([layer.d_inner, layer.conv1d.in_channels, layer.nheads], dim=-1)
+    k = layer.conv1d.kernel_size[0]
+    conv_state = nn.functional.pad(xbc.transpose(1, 2), (k - 1, 0))[..., n:]  # last k-1 inputs
+    xbc = nn.functional.silu(layer.conv1d(xbc.transpose(1, 2))[..., :n].transpose(1, 2))
+    ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype  # scan precision
+    x, B, C, dt, A = _mamba2_scan_inputs(layer, xbc, dt, ct)  # x (b, n, h, p), B and C (b, n, g, N), dt (b, n, h)
+    y, ssm_state = ssd_chunked(x, dt, A, B, C, min(layer.chunk_size, n), return_state=True)
+    y = y + x * layer.D.to(ct)[:, None]
+    y = gated_rms_norm(y.flatten(-2).to(u.dtype), z, layer.norm)
+    return layer.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+
+
+def mamba2_step(layer: nn.Module, u: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+    """One token ``u (batch, d_model)``: the recurrence of ``ssd_sequential`` for one step."""
+    z, xbc, dt = layer.in_proj(u).split([layer.d_inner, layer.conv1d.in_channels, layer.nheads], dim=-1)
+    window = torch.cat([state["conv"], xbc[..., None]], dim=-1)  # (b, conv_dim, k)
+    xbc = nn.functional.silu((window * layer.conv1d.weight[:, 0]).sum(-1) + layer.conv1d.bias)
+    ct = state["ssm"].dtype
+    x, B, C, dt, A = _mamba2_scan_inputs(layer, xbc, dt, ct)  # x (b, h, p), B and C (b, g, N), dt (b, h)
+    r = layer.nheads // layer.ngroups
+    B, C = B.repeat_interleave(r, dim=1), C.repeat_interleave(r, dim=1)  # (b, h, N)
+    ssm = state["ssm"] * torch.exp(dt * A)[..., None, None] + (dt[..., None] * x)[..., None] * B[:, :, None, :]
+    y = (ssm * C[:, :, None, :]).sum(-1) + x * layer.D.to(ct)[:, None]
+    y = gated_rms_norm(y.flatten(-2).to(u.dtype), z, layer.norm)
+    return layer.out_proj(y), {"conv": window[..., 1:], "ssm": ssm}
 
 
 class Mamba1Torch(nn.Module):
@@ -172,39 +198,54 @@ class Mamba1Torch(nn.Module):
             self.dt_proj.bias.copy_(init_dt_bias(di, dt_min, dt_max))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
+        for p in (self.A_log, self.D):  # as mamba_ssm's Mamba marks them
+            p._no_weight_decay = True
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.prefill(u)[0]
 
-    def _scan_inputs(self, x: torch.Tensor, ct: torch.dtype):
-        """From the convolved ``x (..., d_inner)``: dt after softplus, B and C ``(..., N)``, A, in ``ct``."""
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = nn.functional.softplus(self.dt_proj(dt).to(ct))
-        return dt, B.to(ct), C.to(ct), -torch.exp(self.A_log.to(ct))
-
     def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        n = u.shape[1]
-        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, n, d_inner) each
-        k = self.conv1d.kernel_size[0]
-        conv_state = nn.functional.pad(x.transpose(1, 2), (k - 1, 0))[..., n:]  # last k-1 inputs
-        x = nn.functional.silu(self.conv1d(x.transpose(1, 2))[..., :n].transpose(1, 2))
-        ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype  # scan precision
-        dt, B, C, A = self._scan_inputs(x, ct)
-        y, ssm_state = selective_scan_chunked(x.to(ct), dt, A, B, C, min(self.chunk_size, n))
-        y = (y + x.to(ct) * self.D.to(ct)).to(u.dtype) * nn.functional.silu(z)
-        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+        return mamba1_prefill(self, u, self.chunk_size)
 
     def step(self, u: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        """One token ``u (batch, d_model)``: the recurrence of ``selective_scan_sequential`` for one step."""
-        x, z = self.in_proj(u).chunk(2, dim=-1)
-        window = torch.cat([state["conv"], x[..., None]], dim=-1)  # (b, d_inner, k)
-        x = nn.functional.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
-        ct = state["ssm"].dtype
-        dt, B, C, A = self._scan_inputs(x, ct)  # dt (b, d_inner), B and C (b, N)
-        ssm = torch.exp(dt[..., None] * A) * state["ssm"] + (dt * x.to(ct))[..., None] * B[:, None, :]
-        y = (ssm * C[:, None, :]).sum(-1) + x.to(ct) * self.D.to(ct)
-        return self.out_proj(y.to(u.dtype) * nn.functional.silu(z)), {"conv": window[..., 1:], "ssm": ssm}
+        return mamba1_step(self, u, state)
+
+
+# The PyTorch Mamba maths over any layer with mamba_ssm's Mamba attributes (``in_proj``, ``conv1d``,
+# ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``, ``d_inner``, ``d_state``, ``dt_rank``):
+# ``Mamba1Torch``, or mamba_ssm's own ``Mamba`` given CPU inputs.
+def _mamba1_scan_inputs(layer: nn.Module, x: torch.Tensor, ct: torch.dtype):
+    """From the convolved ``x (..., d_inner)``: dt after softplus, B and C ``(..., N)``, A, in ``ct``."""
+    dt, B, C = layer.x_proj(x).split([layer.dt_rank, layer.d_state, layer.d_state], dim=-1)
+    dt = nn.functional.softplus(layer.dt_proj(dt).to(ct))
+    return dt, B.to(ct), C.to(ct), -torch.exp(layer.A_log.to(ct))
+
+
+def mamba1_prefill(layer: nn.Module, u: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, dict]:
+    """``u (batch, n, d_model)`` -> the output and the decoding state, the scan in chunks of ``chunk_size``."""
+    n = u.shape[1]
+    x, z = layer.in_proj(u).chunk(2, dim=-1)  # (b, n, d_inner) each
+    k = layer.conv1d.kernel_size[0]
+    conv_state = nn.functional.pad(x.transpose(1, 2), (k - 1, 0))[..., n:]  # last k-1 inputs
+    x = nn.functional.silu(layer.conv1d(x.transpose(1, 2))[..., :n].transpose(1, 2))
+    ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype  # scan precision
+    dt, B, C, A = _mamba1_scan_inputs(layer, x, ct)
+    y, ssm_state = selective_scan_chunked(x.to(ct), dt, A, B, C, min(chunk_size, n))
+    y = (y + x.to(ct) * layer.D.to(ct)).to(u.dtype) * nn.functional.silu(z)
+    return layer.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+
+
+def mamba1_step(layer: nn.Module, u: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+    """One token ``u (batch, d_model)``: the recurrence of ``selective_scan_sequential`` for one step."""
+    x, z = layer.in_proj(u).chunk(2, dim=-1)
+    window = torch.cat([state["conv"], x[..., None]], dim=-1)  # (b, d_inner, k)
+    x = nn.functional.silu((window * layer.conv1d.weight[:, 0]).sum(-1) + layer.conv1d.bias)
+    ct = state["ssm"].dtype
+    dt, B, C, A = _mamba1_scan_inputs(layer, x, ct)  # dt (b, d_inner), B and C (b, N)
+    ssm = torch.exp(dt[..., None] * A) * state["ssm"] + (dt * x.to(ct))[..., None] * B[:, None, :]
+    y = (ssm * C[:, None, :]).sum(-1) + x.to(ct) * layer.D.to(ct)
+    return layer.out_proj(y.to(u.dtype) * nn.functional.silu(z)), {"conv": window[..., 1:], "ssm": ssm}
 
 
 @register("mamba")
@@ -238,16 +279,23 @@ class MambaMixer(Mixer):
         self.dt_rank = math.ceil(d_model / 16)
         if impl == "auto":
             impl = "kernels" if kernels_available() else "torch"
-        if impl == "kernels":
+        self._torch_backend = "torch-selective-scan-chunked" if version == 1 else "torch-ssd-chunked"
+        if impl in ("torch", "kernels"):
+            if version == 1:
+                self.inner = Mamba1Torch(d_model, d_state, d_conv, expand, self.dt_rank, dt_min, dt_max, chunk_size)
+            else:
+                self.inner = Mamba2Torch(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, dt_min,
+                                         dt_max, a_init_min, a_init_max)
+            self._backend = self._torch_backend
+        if impl == "kernels":  # mamba_ssm's module, holding the torch module's initial weights (same names)
+            reference, rng = self.inner, torch.random.get_rng_state()
             self.inner, self._backend = self._build_mamba_ssm(dt_min, dt_max, a_init_min, a_init_max)
-        elif impl == "torch" and version == 1:
-            self.inner = Mamba1Torch(d_model, d_state, d_conv, expand, self.dt_rank, dt_min, dt_max, chunk_size)
-            self._backend = "torch-selective-scan-chunked"
-        elif impl == "torch":
-            self.inner = Mamba2Torch(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, dt_min, dt_max,
-                                     a_init_min, a_init_max)
-            self._backend = "torch-ssd-chunked"
-        else:
+            torch.random.set_rng_state(rng)  # whichever backend, later layers draw the same initial weights
+            self.inner.load_state_dict(reference.state_dict())
+            for name, p in self.inner.named_parameters():  # its marks, and ours (the same parameters)
+                if getattr(reference.get_parameter(name), "_no_weight_decay", False):
+                    p._no_weight_decay = True
+        elif impl == "transformers":
             self.inner, self._backend = self._build_transformers(dt_min, dt_max, a_init_min, a_init_max)
 
     def _build_mamba_ssm(self, dt_min, dt_max, a_min, a_max) -> tuple[nn.Module, str]:
@@ -292,22 +340,41 @@ class MambaMixer(Mixer):
 
     @property
     def backend(self) -> str:
+        """mamba_ssm's kernels while the parameters are on a CUDA device, the PyTorch path otherwise
+        (the path follows the device, whatever is installed)."""
+        return self.backend_on(self.inner.in_proj.weight.device)
+
+    def backend_on(self, device: torch.device) -> str:
+        """The path that runs for inputs on ``device``."""
+        if self._backend.startswith("mamba_ssm") and torch.device(device).type != "cuda":
+            return self._torch_backend
         return self._backend
+
+    def _kernels(self, x: torch.Tensor) -> bool:
+        """Whether mamba_ssm's kernels run for ``x``: mamba_ssm's module and a CUDA input."""
+        return self._backend.startswith("mamba_ssm") and x.is_cuda
+
+    def _torch_prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The PyTorch path over ``self.inner``'s parameters (ours, or mamba_ssm's module's)."""
+        if self.version == 1:
+            return mamba1_prefill(self.inner, x, self.chunk_size)
+        return mamba2_prefill(self.inner, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (batch, n, d_model)`` -> ``(batch, n, d_model)``."""
-        compiled = self._backend.startswith("mamba_ssm") or self._backend == "transformers-compiled-kernels"
-        if compiled and not x.is_cuda:
+        if self._backend == "transformers-compiled-kernels" and not x.is_cuda:
             raise RuntimeError(f"mamba: backend {self._backend} runs mamba_ssm / causal_conv1d kernels, which need "
                                "CUDA inputs; use impl=torch on CPU")
-        return self.inner(x)
+        if self._backend.startswith("transformers") or self._kernels(x):
+            return self.inner(x)
+        return self._torch_prefill(x)[0]
 
     @property
     def supports_decode(self) -> bool:
         return not self._backend.startswith("transformers")
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        if self._backend.startswith("mamba_ssm"):
+        if self._kernels(x):
             from mamba_ssm.utils.generation import InferenceParams
 
             width = self.inner.in_proj.out_features
@@ -318,16 +385,16 @@ class MambaMixer(Mixer):
             y = self.inner(x, inference_params=params)
             conv, ssm = params.key_value_memory_dict[self.inner.layer_idx]
             return y, {"conv": conv, "ssm": ssm}
-        if isinstance(self.inner, (Mamba1Torch, Mamba2Torch)):
-            return self.inner.prefill(x)
+        if not self._backend.startswith("transformers"):
+            return self._torch_prefill(x)
         raise NotImplementedError("mamba: the transformers backend has no decode path here; use impl=torch or kernels")
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        if self._backend.startswith("mamba_ssm"):  # updates the states in place
+        if self._kernels(x):  # updates the states in place
             y, conv, ssm = self.inner.step(x[:, None], state["conv"], state["ssm"])
             return y[:, 0], {"conv": conv, "ssm": ssm}
-        if isinstance(self.inner, (Mamba1Torch, Mamba2Torch)):
-            return self.inner.step(x, state)
+        if not self._backend.startswith("transformers"):
+            return (mamba1_step if self.version == 1 else mamba2_step)(self.inner, x, state)
         raise NotImplementedError("mamba: the transformers backend has no decode path here; use impl=torch or kernels")
 
     def state_size(self, length: int) -> int:
@@ -343,7 +410,7 @@ class MambaMixer(Mixer):
             R = self.dt_rank
             # y = C h, a product per step; per token, channel and state: exp(dt A), dt B x, h = a h + b
             outputs, scan = 2.0 * n * di * N, 7.0 * n * di * N
-            if self._backend.startswith("torch"):  # the chunked scan, over the length padded to whole chunks
+            if self.backend.startswith("torch"):  # the chunked scan, over the length padded to whole chunks
                 Q, chunks = selective_scan_steps(n, min(self.chunk_size, n))
                 L = Q * chunks
                 outputs, scan = 2.0 * L * di * N, 5.0 * L * di * N

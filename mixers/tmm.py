@@ -7,8 +7,13 @@ projection, d_model split into ``heads`` contiguous channel groups, one Toeplitz
 per-position bias per head (shared by that head's channels), concatenation, output projection.
 ``heads=1, projections=False`` is the paper's flat layer (one vector shared by all channels);
 ``expanded=True`` is Toeplitz -> SiLU -> Toeplitz with independent weights. Toeplitz weights use
-Kaiming-normal initialisation (std sqrt(2 / max_len)) and zero bias, as in the reference code.
-Shorter inputs use the leading part of the kernel and bias.
+Kaiming-normal initialisation and zero bias, as in the reference code, where the vector's length is
+the training context, so its std is sqrt(2 / training length): here sqrt(2 / train_len), ``train_len``
+the longest training input (the backbone passes it; ``max_len`` when not given), so that a model
+whose ``max_len`` is raised for longer evaluation inputs starts from the authors' kernel scale.
+Shorter inputs use the leading part of the kernel and bias. The Toeplitz vectors and the
+per-position biases get no weight decay (the authors train without any). The registry's
+``tmm_flat`` (``mixers/tmm_flat.py``) is the flat layer alone.
 
 Implementations (``impl``): ``fft`` (O(n log n), any device), ``dense`` (the masked-matrix reference),
 ``fused`` (the Triton block-Toeplitz kernel of ``mixers/ops/toeplitz_triton.py``, CUDA only) and
@@ -51,9 +56,10 @@ class ToeplitzCausal(nn.Module):
     Head ``h`` owns channels ``[h e, (h + 1) e)``; the caller picks the implementation per call.
     """
 
-    def __init__(self, heads: int, max_len: int):
+    def __init__(self, heads: int, max_len: int, train_len: int | None = None):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(heads, max_len) * math.sqrt(2.0 / max_len))
+        # Kaiming normal over a vector of the training length: std sqrt(2 / train_len)
+        self.weight = nn.Parameter(torch.randn(heads, max_len) * math.sqrt(2.0 / (train_len or max_len)))
         self.bias = nn.Parameter(torch.zeros(heads, max_len))
         self.heads = heads
 
@@ -70,6 +76,8 @@ class ToeplitzCausal(nn.Module):
         ``block``, ``rows``, ``dw_block``: the fused kernel's bank tile, output rows per tile and
         kernel-gradient block)."""
         if impl == "fused":
+            if not x.is_cuda:  # explicit impl=fused; auto takes the FFT path off CUDA
+                raise RuntimeError("tmm: impl=fused runs a Triton kernel, which needs CUDA inputs; use impl=auto or fft on CPU")
             from mixers.ops.toeplitz_triton import toeplitz_fused
 
             return toeplitz_fused(x, self.weight, self.bias, self.heads, block=block, rows=rows, dw_block=dw_block)
@@ -113,8 +121,11 @@ class ToeplitzMixer(Mixer):
         dropout: float = 0.0,
         impl: str = "auto",
         fused_max_len: int = 16384,
+        train_len: int | None = None,
     ):
         super().__init__(d_model, max_len)
+        if train_len is not None and not 1 <= train_len <= max_len:
+            raise ValueError(f"tmm: train_len must be null (max_len) or in [1, max_len={max_len}], got {train_len}")
         if heads < 1 or d_model % heads:
             raise ValueError(f"tmm: d_model={d_model} is not divisible by heads={heads}")
         if impl not in IMPLS:
@@ -128,9 +139,10 @@ class ToeplitzMixer(Mixer):
         self.heads, self.projections, self.expanded, self.impl = heads, projections, expanded, impl
         self.declare(impl=impl)
         self._fusable, self.fused_max_len = fusable, fused_max_len
-        self.toeplitz = ToeplitzCausal(heads, max_len)
+        self.train_len = train_len or max_len
+        self.toeplitz = ToeplitzCausal(heads, max_len, train_len)
         if expanded:
-            self.toeplitz2 = ToeplitzCausal(heads, max_len)
+            self.toeplitz2 = ToeplitzCausal(heads, max_len, train_len)
             self.dropout = nn.Dropout(dropout)
         if projections:
             self.in_proj = nn.Linear(d_model, d_model)
@@ -138,6 +150,10 @@ class ToeplitzMixer(Mixer):
             for proj in (self.in_proj, self.out_proj):
                 nn.init.kaiming_normal_(proj.weight)
                 nn.init.zeros_(proj.bias)
+
+    def per_offset_kernels(self) -> set[str]:
+        """The Toeplitz vectors (one weight per lag), besides any convolution."""
+        return super().per_offset_kernels() | {f"{name}.weight" for name in ("toeplitz", "toeplitz2") if hasattr(self, name)}
 
     @classmethod
     def declared_complexity(cls, impl: str = "auto", **_) -> dict:

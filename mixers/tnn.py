@@ -5,14 +5,17 @@ GTU (the authors' ``GtuV2``, causal): ``u = silu(x W_u)``, ``v = silu(x W_v)`` w
 d_model`` channels (3), ``y = (u * TNO(v)) W_o``; linear layers with bias. TNO: per channel c a
 causal Toeplitz product ``TNO(v)[t, c] = sum_{j <= t} a[t - j, c] v[j, c]`` whose coefficients
 come from the relative position encoder (RPE), a small MLP of the lag: ``a[0] = RPE(0)`` and
-``a[k] = gamma^k RPE(k)`` for lags ``k >= 1``, the exponential decay bias with ``gamma = 0.99``
-(fixed, as in the reference). The RPE follows the reference ``Rpe``: ``Linear(1, rpe_dim)`` on the
+``a[k] = gamma^k RPE(k)`` for lags ``k >= 1``, the exponential decay bias with a fixed ``gamma``
+chosen for the sequence length as the authors recommend (tnn-pytorch's README: 0.9 for sequences
+shorter than 100 tokens, else 0.99; ``gamma: null`` picks it from ``train_len``, the longest training
+input the backbone passes, or ``max_len`` without one; a number fixes it). The RPE follows the reference ``Rpe``: ``Linear(1, rpe_dim)`` on the
 raw lag, then ``rpe_layers`` (6) blocks of [SimpleRMSNorm, ReLU, Linear(rpe_dim, rpe_dim)] and a
 final [SimpleRMSNorm, ReLU, Linear(rpe_dim, channels)], ``rpe_dim`` 64. These are the settings of
-the paper's autoregressive language model (``tnn_v2_decay_99_pre``). The block's own pre-norm and
+the paper's autoregressive language model (``tnn_v2_decay_99_pre``, whose inputs are 512 tokens:
+gamma 0.99). The block's own pre-norm and
 residual live in the shared backbone here, as in ``GtuV2``. Only the causal variant (lags 0..n-1).
 
-``max_len`` plays no part: coefficients are computed for the lags of each input, so any length
+``max_len`` plays no part but the choice of gamma when no ``train_len`` is given: coefficients are computed for the lags of each input, so any length
 runs (length extrapolation, the paper's Sec. 4.4); lags never seen in training get the RPE's
 values there, damped by ``gamma^k``. ``impl=fft`` multiplies in O(n log n) with the FFT Toeplitz
 product of ``mixers/ops/toeplitz.py``; ``impl=dense`` builds the (n x n) matrix (the reference).
@@ -60,6 +63,14 @@ class RelativePositionEncoder(nn.Module):
         return self.out(x)
 
 
+SHORT_SEQUENCE = 100  # tnn-pytorch's recommendation: gamma 0.9 below this many tokens, 0.99 from it on
+
+
+def recommended_gamma(length: int) -> float:
+    """The authors' decay rate for sequences of ``length`` tokens (tnn-pytorch's README)."""
+    return 0.9 if length < SHORT_SEQUENCE else 0.99
+
+
 @register("tnn")
 class ToeplitzNeuralNetwork(Mixer):
     """Gated Toeplitz unit: ``(batch, length, d_model) -> (batch, length, d_model)``."""
@@ -74,12 +85,18 @@ class ToeplitzNeuralNetwork(Mixer):
     backends = ("torch-fft", "torch-dense")
 
     def __init__(self, d_model: int, max_len: int, expand_ratio: float = 3.0, rpe_dim: int = 64, rpe_layers: int = 6,
-                 rpe_activation: str = "relu", gamma: float = 0.99, bias: bool = True, impl: str = "fft"):
+                 rpe_activation: str = "relu", gamma: float | None = None, bias: bool = True, impl: str = "fft",
+                 train_len: int | None = None):
         super().__init__(d_model, max_len)
         if impl not in ("fft", "dense"):
             raise ValueError(f"tnn: impl must be 'fft' or 'dense', got {impl!r}")
         if rpe_activation not in ACTIVATIONS:
             raise ValueError(f"tnn: rpe_activation must be one of {', '.join(ACTIVATIONS)}, got {rpe_activation!r}")
+        if train_len is not None and train_len < 1:
+            raise ValueError(f"tnn: train_len must be null (max_len) or >= 1, got {train_len}")
+        self.train_len = train_len or max_len
+        if gamma is None:
+            gamma = recommended_gamma(self.train_len)
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"tnn: gamma must be in (0, 1], got {gamma}")
         self.channels = int(expand_ratio * d_model)

@@ -80,6 +80,11 @@ class Task:
         """Longest input (positions) any training or evaluation batch holds."""
         raise NotImplementedError
 
+    def max_train_input_len(self) -> int:
+        """Longest input (positions) a training batch holds (evaluation sets may be longer); a mixer
+        set up for the training length (a ``train_len`` option) gets it from the backbone."""
+        return self.max_input_len()
+
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A fresh training batch on ``generator.device``, deterministic from the generator state."""
         raise NotImplementedError

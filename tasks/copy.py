@@ -6,8 +6,9 @@ predicts ``s_1`` at ``[SEP]`` through ``s_L``). Two protocols:
 - ``variable``: training lengths uniform in ``[min_len, max_train_len]``, so the copy sits at a
   varying offset and must be found by content; evaluation at fixed lengths inside and beyond the
   training range measures length generalisation.
-- ``fixed``: every training sequence has length ``max_train_len`` (the TMM paper's copy probe);
-  the copy sits at a constant offset and can be learned as a shift.
+- ``fixed``: every training sequence has length ``max_train_len``: a constant-offset probe (the
+  copy sits at a constant offset and can be learned as a shift). It is not the TMM paper's copy
+  probe, which copies repeated halves of real text (``copy_text``).
 
 Token ids: symbols ``0..alphabet_size-1``, then BOS, SEP and PAD. Shorter sequences in a batch are
 right-padded (causal mixers never see the padding from earlier positions).
@@ -68,6 +69,9 @@ class CopyTask(Task):
 
     def max_input_len(self) -> int:
         return 2 * max(self.max_train_len, *self.eval_lengths) + 1
+
+    def max_train_input_len(self) -> int:
+        return 2 * self.max_train_len + 1
 
     def _sample(self, lengths: torch.Tensor, generator: torch.Generator, width: int | None = None) -> Batch:
         width = int(lengths.max()) if width is None else width

@@ -131,6 +131,9 @@ class MQARTask(Task):
     def max_input_len(self) -> int:
         return max(s[0] for s in self.train_settings + self.test_settings)
 
+    def max_train_input_len(self) -> int:
+        return max(s[0] for s in self.train_settings)
+
     def _batch(self, batch: int, seq_len: int, kv: int, generator: torch.Generator) -> Batch:
         return mqar_batch(batch, seq_len, kv, self.vocab_size, self.power_a, self.random_non_queries, generator)
 

@@ -70,6 +70,9 @@ class SelectiveCopyTask(Task):
     def max_input_len(self) -> int:
         return max(self.seq_len, *self.eval_lengths)
 
+    def max_train_input_len(self) -> int:
+        return self.seq_len
+
     def _sample(self, batch: int, seq_len: int, generator: torch.Generator) -> Batch:
         data = torch.randint(0, self.symbols, (batch, self.num_tokens), generator=generator, device=generator.device)
         return selective_copy_batch(data, seq_len, self.noise, self.copy, generator)

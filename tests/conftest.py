@@ -13,6 +13,8 @@ MIXER_CASES = {
     "tmm-flat": {"heads": 1, "projections": False},
     "tmm-expanded": {"heads": 2, "expanded": True},
     "tmm-dense": {"heads": 2, "impl": "dense"},
+    "tmm_flat": {},
+    "tmm_flat-dense": {"impl": "dense"},
     "attention": {"heads": 2},
     "mamba": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
     "mamba-v1": {"version": 1, "d_state": 4, "impl": "transformers"},
@@ -50,3 +52,37 @@ def generator() -> torch.Generator:
 
 def test_every_registered_mixer_has_a_case():
     assert {case_mixer(c) for c in MIXER_CASES} == set(mixers.available())
+
+
+class _KernelStandIn:
+    """Stands in for mamba_ssm's modules on a CPU machine: the same parameter names (ours), and a
+    forward that fails as a CUDA kernel given CPU tensors would."""
+
+    @staticmethod
+    def build(mixer, dt_min, dt_max, a_min, a_max):
+        from mixers.mamba import Mamba1Torch, Mamba2Torch
+
+        if mixer.version == 1:
+            module = Mamba1Torch(mixer.d_model, mixer.d_state, mixer.d_conv, mixer.expand, mixer.dt_rank, dt_min,
+                                 dt_max, mixer.chunk_size)
+            name = "mamba_ssm-cuda-selective-scan"
+        else:
+            module = Mamba2Torch(mixer.d_model, mixer.d_state, mixer.d_conv, mixer.expand, mixer.headdim,
+                                 mixer.ngroups, mixer.chunk_size, dt_min, dt_max, a_min, a_max)
+            name = "mamba_ssm-triton-ssd-fused-causal_conv1d"
+        torch.randn(1000)  # mamba_ssm's own initialisation draws other numbers
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("a CUDA kernel was given CPU tensors")
+
+        module.forward = module.prefill = module.step = refuse
+        return module, name
+
+
+@pytest.fixture
+def mamba_kernels_installed(monkeypatch):
+    """A machine where mamba_ssm imports and a GPU is visible (``auto`` picks ``kernels``)."""
+    import mixers.mamba
+
+    monkeypatch.setattr(mixers.mamba, "kernels_available", lambda: True)
+    monkeypatch.setattr(mixers.mamba.MambaMixer, "_build_mamba_ssm", _KernelStandIn.build)

@@ -75,6 +75,9 @@ def main_with(cfg: dict) -> dict:
     device = resolve_device(g["device"])
     if g["dtype"] not in DTYPES:
         raise ConfigError(f"generation.dtype: must be one of {', '.join(DTYPES)}, got {g['dtype']!r}")
+    if device.type != "cuda" and DTYPES[g["dtype"]] is not None:  # the weights are cast on CUDA only
+        raise ConfigError(f"generation.dtype: {g['dtype']} weights are used on CUDA only; this device is {device}: "
+                          "set generation.dtype=fp32")
     result = {"config": cfg, "environment": environment(device), "rows": []}
     for name in cfg["mixers"]:
         mixer, options = variant_options({"mixer": name})

@@ -17,7 +17,7 @@ from harness.run import fields as F
 from harness.run.faults import is_out_of_memory
 from harness.run.matching import MatchError, match_parameters
 from harness.run.model import SequenceModel
-from harness.run.train import TrainConfig
+from harness.run.train import EXEMPTION_RULES, TrainConfig
 import mixers
 import tasks
 from tasks.base import Task, TaskConfigError
@@ -177,6 +177,8 @@ def make_train_config(train_cfg: dict) -> TrainConfig:
     _check(tc.batch_size >= 1, "train.batch_size", f"must be an integer >= 1, got {tc.batch_size!r}")
     _check(tc.lr > 0, "train.lr", f"must be > 0, got {tc.lr}")
     _check(tc.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {tc.weight_decay}")
+    _check(tc.weight_decay_exempt in EXEMPTION_RULES, "train.weight_decay_exempt",
+           f"must be one of {', '.join(EXEMPTION_RULES)}, got {tc.weight_decay_exempt!r}")
     _check(all(0 <= b < 1 for b in tc.betas), "train.betas", f"must be two numbers in [0, 1), got {tc.betas}")
     _check(0 <= tc.warmup_steps <= tc.steps, "train.warmup_steps", f"must be in [0, train.steps={tc.steps}], got {tc.warmup_steps}")
     _check(0 <= tc.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {tc.min_lr_ratio}")
@@ -225,10 +227,13 @@ def validate(cfg: dict, check_device: bool = True) -> tuple[Task, TrainConfig]:
     Raises ``ConfigError`` naming the field. The mixer's own range checks run in ``make_model``.
     """
     check_top_level(cfg)
-    if check_device:
-        resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"]) if check_device else None
     task = make_task(cfg["task"])
     train_cfg = make_train_config(cfg["train"])
+    # bf16 is CUDA autocast (harness.run.train.autocast_context): elsewhere the run would be fp32 under a bf16 label
+    _check(device is None or device.type == "cuda" or train_cfg.precision != "bf16", "train.precision",
+           f"bf16 runs as CUDA autocast, but this run's device is {device} (device={cfg['device']}); "
+           "set train.precision=fp32 (or run on a GPU)")
     check_model_fields(cfg["model"])
     check_mixer_fields(cfg["mixer"])
     return task, train_cfg
@@ -269,7 +274,7 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
                              norm=model_cfg["norm"], tie_embeddings=model_cfg["tie_embeddings"],
                              input_dim=task.input_dim if task.input_kind == "continuous" else 0,
                              output_dim=task.output_dim if task.output_kind == "continuous" else 0,
-                             mlp_hidden=hidden)
+                             mlp_hidden=hidden, train_len=task.max_train_input_len())
 
     matching = None
     target = model_cfg.get("match_params")

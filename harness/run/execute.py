@@ -116,7 +116,8 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
                  f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
         try:
             model = model.to(device)
-            record["backend"] = model.backend  # on its device: impl=auto mixers choose their kernels by device
+            # the path, and so the FLOPs counted, follow the parameters' device (mamba, tmm)
+            record.update(backend=model.backend, flops_per_sequence=model.flop_terms(task.max_input_len()))
             with part("forward_check"):
                 check_forward(model, task, device, cfg["mixer"])  # options that build but cannot run: ConfigError
             generator = torch.Generator(device=device).manual_seed(cfg["seed"])

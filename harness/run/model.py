@@ -59,11 +59,14 @@ class SequenceModel(nn.Module):
 
     Tokens: ``tokens (batch, n) -> logits (batch, n, vocab)``. Continuous input (``input_dim > 0``):
     ``(batch, n, input_dim)`` in; continuous output (``output_dim > 0``): ``(batch, n, output_dim)`` out.
+    ``train_len``: the longest training input, passed to mixers with a ``train_len`` option left null
+    (TMM's initial kernel scale, TNN's decay rate).
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, max_len: int, mixer: str,
                  mixer_options: dict | None = None, mlp_ratio: float = 4.0, norm: str = "layernorm",
-                 tie_embeddings: bool = False, input_dim: int = 0, output_dim: int = 0, mlp_hidden: int | None = None):
+                 tie_embeddings: bool = False, input_dim: int = 0, output_dim: int = 0, mlp_hidden: int | None = None,
+                 train_len: int | None = None):
         super().__init__()
         self.vocab_size, self.d_model, self.n_layers, self.max_len = vocab_size, d_model, n_layers, max_len
         self.mixer_name, self.tie_embeddings = mixer, tie_embeddings
@@ -71,6 +74,10 @@ class SequenceModel(nn.Module):
         if tie_embeddings and (input_dim or output_dim):
             raise ValueError("tie_embeddings needs token inputs and outputs (this task is continuous)")
         options = dict(mixer_options or {})
+        # a mixer set up for the training length (a ``train_len`` option left null: TMM's kernel
+        # scale, TNN's decay) gets the longest training input; without it, its own fallback (max_len)
+        if train_len and "train_len" in mixers.options_of(mixer) and options.get("train_len") is None:
+            options["train_len"] = min(train_len, max_len)
         # read-in: a lookup for tokens, a linear map for vectors (Garg et al.'s read_in)
         self.embed = nn.Linear(input_dim, d_model) if input_dim else nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(

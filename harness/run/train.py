@@ -1,5 +1,7 @@
-"""The training loop: AdamW, warmup + cosine decay, gradient clipping, bf16 autocast on GPU,
-periodic evaluation on the task's fixed sets, and the measurements every record carries."""
+"""The training loop: AdamW (weight decay on what each mixer and the backbone do not exempt:
+``weight_decay_exempt``; parameters with their own settings: ``learning_rate_overrides``), warmup +
+cosine decay, gradient clipping, bf16 autocast on GPU (bf16 elsewhere is refused by the config
+check), periodic evaluation on the task's fixed sets, and the measurements every record carries."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from harness.run.memory import PeakMemory
+from mixers.base import Mixer, conventional_exemptions
 from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
 
 
@@ -43,6 +46,7 @@ class TrainConfig:
     batch_size: int
     lr: float
     weight_decay: float
+    weight_decay_exempt: str
     betas: tuple[float, float]
     warmup_steps: int
     min_lr_ratio: float
@@ -65,18 +69,53 @@ class TrainResult:
     steps_done: int = 0
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices, not vectors (biases, norms, per-channel scales); honour ``param._optim`` overrides."""
+EXEMPTION_RULES = ("conventions", "matrices")
+
+
+def weight_decay_exempt(model: nn.Module, rule: str = "conventions") -> dict[str, str]:
+    """``{parameter name: why}`` for every parameter of ``model`` trained without weight decay (what a
+    record lists). Inside a mixer: what the mixer declares (``Mixer.no_weight_decay``: its authors'
+    marks, norms, biases, vectors, per-offset kernels). The backbone follows nanoGPT: norms and
+    biases are exempt, the embedding, the MLP matrices and the LM head (tied or not) are decayed.
+    Names as ``model.named_parameters()`` gives them (a tied weight once). ``rule="matrices"`` is the
+    older rule kept to reproduce earlier records: only parameters of fewer than two dimensions are exempt
+    (Toeplitz vectors, position biases, Mamba1's A_log, convolution filters decayed)."""
+    if rule not in EXEMPTION_RULES:
+        raise ValueError(f"weight-decay exemption rule must be one of {', '.join(EXEMPTION_RULES)}, got {rule!r}")
+    if rule == "matrices":
+        return {name: "vector" for name, p in model.named_parameters() if p.dim() < 2}
+    exempt, inside = {}, set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, Mixer):
+            exempt.update({f"{prefix}.{name}" if prefix else name: why for name, why in module.no_weight_decay().items()})
+            inside.update(f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters())
+    backbone = conventional_exemptions(model)
+    exempt.update({name: why for name, why in backbone.items() if name not in inside})
+    named = dict(model.named_parameters())
+    return {name: exempt[name] for name in named if name in exempt}
+
+
+def learning_rate_overrides(model: nn.Module) -> dict[str, dict]:
+    """``{parameter name: its own optimiser settings}`` for the parameters a mixer gives their own
+    (``param._optim``, e.g. Hyena's filter weight decay; a learning rate there is fixed, not the run's)."""
+    return {name: dict(p._optim) for name, p in model.named_parameters() if hasattr(p, "_optim")}
+
+
+def param_groups(model: nn.Module, weight_decay: float, rule: str = "conventions") -> list[dict]:
+    """AdamW groups: decayed parameters, exempt ones (``weight_decay_exempt(model, rule)``) at weight
+    decay 0, and one group per parameter with its own settings (``param._optim``; what it leaves out
+    follows the run: its learning rate the run's schedule, its weight decay the exemption rule)."""
+    exempt = weight_decay_exempt(model, rule)
     decay, no_decay, special = [], [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if hasattr(p, "_optim"):
-            special.append({"params": [p], **p._optim})
-        elif p.dim() >= 2:
-            decay.append(p)
-        else:
+            special.append({"params": [p], "weight_decay": 0.0 if name in exempt else weight_decay, **p._optim})
+        elif name in exempt:
             no_decay.append(p)
+        else:
+            decay.append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups + special if g["params"]]
 
@@ -115,7 +154,7 @@ def train_step(model: nn.Module, task: Task, batch: Batch, optimizer: torch.opti
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over ``param_groups`` (fused on CUDA)."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.weight_decay_exempt), lr=cfg.lr, betas=tuple(cfg.betas),
                              fused=device.type == "cuda")
 
 

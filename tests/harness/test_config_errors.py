@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
     (("task.protocol=shifted",), "task.protocol"),
     (("train.steps=0",), "train.steps"),
     (("train.precision=fp8",), "train.precision: must be one of fp32, bf16"),
+    (("device=cpu", "train.precision=bf16"), "train.precision: bf16 runs as CUDA autocast, but this run's device is cpu"),
     (("train.warmup_steps=5000",), "train.warmup_steps"),
+    (("train.weight_decay_exempt=all",), "train.weight_decay_exempt: must be one of conventions, matrices, got 'all'"),
     (("device=tpu",), "device: must be one of auto, cpu, cuda"),
     (("model.n_layers=0",), "model.n_layers"),
     # found by fuzzing the loader (test_config_fuzz.py): wrong types, null, negatives, floats for ints, unknown keys

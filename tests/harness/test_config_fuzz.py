@@ -30,7 +30,7 @@ MIXER_SMOKE = {case: (f"mixer={case_mixer(case)}", *(as_override(k, v) for k, v 
                for case, options in MIXER_CASES.items()}
 FIELDS = ("seed", "device", "benchmark", "force", "concurrent_runs", "deterministic", "gpu.jobs_per_gpu",
           "model.d_model", "model.n_layers", "model.mlp_ratio", "model.norm", "model.tie_embeddings", "model.max_len",
-          "train.profile", "train.steps", "train.batch_size", "train.lr", "train.weight_decay", "train.betas",
+          "train.profile", "train.steps", "train.batch_size", "train.lr", "train.weight_decay", "train.weight_decay_exempt", "train.betas",
           "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip", "train.eval_every", "train.eval_batch_size",
           "train.precision", "train.threads", "task.protocol", "task.alphabet_size", "task.min_len",
           "task.max_train_len", "task.eval_lengths", "task.eval_samples", "task.eval_seed")

@@ -61,7 +61,7 @@ def test_record_contents(tmp_path):
 
 def test_record_names_the_backend_of_the_model_on_its_run_device(tmp_path, monkeypatch):
     """impl=auto mixers pick their kernels by device (fla, Triton on CUDA): the backend is read after the move."""
-    from harness.model import SequenceModel
+    from harness.run.model import SequenceModel
     move = SequenceModel.to
 
     def to(self, *args, **kwargs):

@@ -54,7 +54,7 @@ def test_mamba_ssm_kernels_equal_torch_path(length):
     assert float((a - b).norm() / b.norm()) < 2e-3  # Triton kernels use TF32 products
 
 
-@pytest.mark.parametrize("name", ["tmm", "attention", "mamba", "hyena", "mamba1", "mamba2", "tnn", "gltm",
+@pytest.mark.parametrize("name", ["tmm", "tmm_flat", "attention", "mamba", "hyena", "mamba1", "mamba2", "tnn", "gltm",
                                   "linear_attention", "gla", "based", "sliding_window_attention"])
 def test_every_mixer_runs_forward_backward_in_bf16(name):
     mixer = mixers.build(name, 128, 512).cuda()
@@ -81,3 +81,32 @@ def test_mamba_ssm_decode_equals_forward():
             outs.append(y_t[:, None])
     stepped = torch.cat(outs, dim=1)
     assert float((stepped - full).norm() / full.norm()) < 2e-3
+
+
+@pytest.mark.skipif(not kernels_available(), reason="needs mamba_ssm")
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_mamba_kernels_run_on_cuda_and_the_torch_path_on_cpu_from_one_module(name):
+    """impl=auto builds mamba_ssm's module; the path follows the device, and its initial weights are
+    the torch path's (the same seed gives the same model with or without mamba_ssm)."""
+    torch.manual_seed(0)
+    mixer = mixers.build(name, 128, 256)
+    torch.manual_seed(0)
+    reference = mixers.build(name, 128, 256, impl="torch")
+    for (key, a), (_, b) in zip(mixer.inner.state_dict().items(), reference.inner.state_dict().items()):
+        assert torch.equal(a, b), key
+    assert mixer.backend == reference.backend  # parameters on the CPU: the torch path
+    x = torch.randn(2, 100, 128)
+    with torch.no_grad():
+        on_cpu = mixer(x)
+        assert torch.equal(on_cpu, reference(x))
+        mixer.cuda()
+        assert mixer.backend.startswith("mamba_ssm")
+        on_gpu = mixer(x.cuda()).cpu()
+    assert float((on_gpu - on_cpu).norm() / on_cpu.norm()) < 2e-3  # Triton kernels use TF32 products
+
+
+def test_bf16_training_on_cpu_is_refused_on_a_gpu_machine():
+    from harness.run.config import ConfigError, load, validate
+
+    with pytest.raises(ConfigError, match="train.precision: bf16 runs as CUDA autocast"):
+        validate(load(["device=cpu", "train=gpu"]))

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as TF
 
 import mixers
-from mixers.based import taylor_features
+from mixers.based import taylor_feature_count, taylor_features, taylor_features_full
 from mixers.ops.linear_attention import linear_attention_chunked, linear_attention_recurrent
 
 
@@ -84,6 +84,30 @@ def test_taylor_features_give_the_second_order_expansion():
     x, y = torch.randn(5, 16, generator=gen, dtype=torch.float64), torch.randn(5, 16, generator=gen, dtype=torch.float64)
     s = (x * y).sum(-1) / math.sqrt(16)
     assert torch.allclose((taylor_features(x) * taylor_features(y)).sum(-1), 1 + s + s**2 / 2)
+    assert torch.allclose((taylor_features(x) * taylor_features(y)).sum(-1),
+                          (taylor_features_full(x) * taylor_features_full(y)).sum(-1))
+    assert taylor_features(x).shape[-1] == taylor_feature_count(16) == 153
+    assert taylor_features_full(x).shape[-1] == 273
+
+
+@pytest.mark.parametrize("impl", ["chunked", "recurrent"])
+def test_based_with_distinct_features_equals_the_full_feature_map(impl, monkeypatch):
+    """The 153-feature layer computes what zoology's 273-feature map computes (values and gradients),
+    and its decoding state and FLOPs count 153 features."""
+    import mixers.based as based
+
+    torch.manual_seed(0)
+    m = mixers.build("based", 32, 24, heads=2, feature_dim=16, window=0, chunk_size=8, impl=impl).double()
+    x = torch.randn(2, 24, 32, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    assert m.prefill(x.detach())[1]["kv"].shape[-2:] == (153, 17)
+    monkeypatch.setattr(based, "taylor_features", taylor_features_full)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = m(x_ref)
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x_ref)
+    assert torch.allclose(y, y_ref, atol=1e-10) and torch.allclose(gx, gx_ref, atol=1e-9)
+    assert m.state_size(24) == 2 * 153 * (16 + 1)  # heads x features x (head_dim + the normaliser)
 
 
 def test_gla_gates_are_low_rank_and_within_the_normalised_range():

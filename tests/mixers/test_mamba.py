@@ -113,3 +113,43 @@ def test_transformers_mamba_with_compiled_kernels_refuses_cpu_inputs_clearly(mon
     assert mixer.backend == "transformers-compiled-kernels"
     with pytest.raises(RuntimeError, match="need CUDA inputs; use impl=torch on CPU"):
         mixer(torch.randn(1, 4, 32))
+
+
+@pytest.mark.parametrize("name, options", [("mamba1", {"d_state": 4, "chunk_size": 5}),
+                                           ("mamba2", {"d_state": 8, "headdim": 8, "chunk_size": 8})])
+def test_cpu_inputs_take_the_torch_path_when_kernels_are_installed(mamba_kernels_installed, name, options):
+    torch.manual_seed(0)
+    mixer = mixers.build(name, 16, 32, **options)  # impl=auto: mamba_ssm's module
+    after_kernels = torch.randn(3)
+    torch.manual_seed(0)
+    reference = mixers.build(name, 16, 32, impl="torch", **options)
+    assert torch.equal(torch.randn(3), after_kernels)  # the same draws whatever the backend
+    assert mixer._backend.startswith("mamba_ssm")
+    assert mixer.backend == reference.backend == mixer.backend_on("cpu")  # the torch path on CPU parameters
+    assert mixer.backend_on("cuda") == mixer._backend
+    for (k, a), (_, b) in zip(mixer.inner.state_dict().items(), reference.inner.state_dict().items()):
+        assert torch.equal(a, b), k  # the same initial weights
+    x = torch.randn(2, 11, 16)
+    with torch.no_grad():
+        assert torch.equal(mixer(x), reference(x))
+        y, state = mixer.prefill(x[:, :7])
+        steps = [y]
+        for t in range(7, 11):
+            y_t, state = mixer.step(x[:, t], state)
+            steps.append(y_t[:, None])
+        assert torch.allclose(torch.cat(steps, 1), reference(x), atol=1e-5)
+    assert mixer.flops(32) == reference.flops(32)
+    assert mixer.no_weight_decay() == reference.no_weight_decay()
+
+
+def test_a_cpu_configured_run_on_a_kernel_machine_builds_and_runs_the_torch_path(mamba_kernels_installed):
+    from harness.run.config import check_forward, load, make_model, validate
+
+    cfg = load(["mixer=mamba2", "mixer.d_state=8", "mixer.headdim=16", "mixer.chunk_size=8", "train=test", "device=cpu"])
+    task, _ = validate(cfg)
+    model = make_model(cfg["model"], cfg["mixer"], task)
+    check_forward(model, task, torch.device("cpu"), cfg["mixer"])
+    assert model.backend == "torch-ssd-chunked"
+    logits = model(task.train_batch(2, torch.Generator().manual_seed(0)).inputs)
+    logits.float().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -63,3 +63,15 @@ def test_trains_at_64_and_runs_at_512_beyond_max_len():
         y = m(long)
         assert y.shape == (2, 512, 16) and torch.isfinite(y).all()
         assert torch.allclose(y[:, :64], m(long[:, :64]), atol=1e-5)  # causal: the first 64 do not change
+
+
+def test_decay_follows_the_authors_guidance_for_the_training_length():
+    """tnn-pytorch: gamma 0.9 for sequences shorter than 100 tokens, else 0.99; a number fixes it."""
+    assert mixers.build("tnn", 8, 1024, rpe_dim=8, rpe_layers=1, train_len=65).gamma == 0.9
+    assert mixers.build("tnn", 8, 64, rpe_dim=8, rpe_layers=1, train_len=100).gamma == 0.99
+    assert mixers.build("tnn", 8, 64, rpe_dim=8, rpe_layers=1).gamma == 0.9  # no train_len: max_len
+    assert mixers.build("tnn", 8, 512, rpe_dim=8, rpe_layers=1).gamma == 0.99
+    assert mixers.build("tnn", 8, 64, rpe_dim=8, rpe_layers=1, gamma=0.95, train_len=65).gamma == 0.95
+    m = mixers.build("tnn", 8, 1024, rpe_dim=8, rpe_layers=1, train_len=65)
+    with torch.no_grad():
+        assert torch.allclose(m.coefficients(4), 0.9 ** torch.arange(4.0) * m.rpe(torch.arange(4.0)[:, None]).T)

@@ -1,6 +1,8 @@
 """The FFT causal Toeplitz product equals the dense masked-matrix reference."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -160,3 +162,44 @@ def test_lean_fft_saves_less_than_autograd_through_the_ffts():
             fn(x, k.to(x.dtype) if name == "autograd" else k)
         saved[name] = sum(sizes)
     assert saved["lean"] <= x.numel() * 2 + k.numel() * 4 < saved["autograd"]
+
+
+@pytest.mark.parametrize("name", ["tmm", "tmm_flat"])
+def test_toeplitz_init_follows_the_training_length_not_max_len(name):
+    """The authors' vectors have the training length, so Kaiming normal gives std sqrt(2 / L_train)."""
+    torch.manual_seed(0)
+    wide = mixers.build(name, 16, 4096, train_len=256)
+    assert wide.toeplitz.weight.shape[-1] == 4096
+    assert wide.toeplitz.weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    default = mixers.build(name, 16, 4096)  # no training length given: max_len
+    assert default.toeplitz.weight.std().item() == pytest.approx(math.sqrt(2 / 4096), rel=0.05)
+    assert not wide.toeplitz.bias.any()
+    with pytest.raises(ValueError, match="train_len"):
+        mixers.build(name, 16, 64, train_len=65)
+
+
+@pytest.mark.parametrize("name", ["tmm", "tmm_flat", "hyena", "tnn"])
+def test_the_backbone_passes_the_longest_training_input_as_train_len(name):
+    from harness.run.config import load, make_model, validate
+
+    cfg = load([f"mixer={name}", "train=test"])
+    task, _ = validate(cfg, check_device=False)
+    assert task.max_train_input_len() == 2 * cfg["task"]["max_train_len"] + 1 < task.max_input_len()
+    model = make_model(cfg["model"], cfg["mixer"], task)
+    assert model.max_len == task.max_input_len()
+    assert {m.train_len for m in model.mixer_modules} == {task.max_train_input_len()}
+    given = make_model(cfg["model"], {**cfg["mixer"], "train_len": 40}, task)
+    assert {m.train_len for m in given.mixer_modules} == {40}
+
+
+def test_auto_takes_the_fft_path_on_cpu_and_fused_refuses_cpu_inputs_where_triton_is_installed(monkeypatch):
+    """On a GPU machine (Triton and CUDA present) a CPU-placed TMM still runs the FFT path."""
+    import mixers.tmm
+
+    monkeypatch.setattr(mixers.tmm, "triton_available", lambda: True)
+    auto = mixers.build("tmm", 32, 64, heads=2)
+    assert auto.backend == "torch-fft" and auto.backend_at(64) == "torch-fft"
+    assert auto(torch.randn(1, 9, 32)).shape == (1, 9, 32)
+    fused = mixers.build("tmm", 32, 64, heads=2, impl="fused")
+    with pytest.raises(RuntimeError, match="impl=fused runs a Triton kernel, which needs CUDA inputs"):
+        fused(torch.randn(1, 9, 32))
