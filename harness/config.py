@@ -17,7 +17,7 @@ import tasks
 from harness import fields as F
 from harness.faults import is_out_of_memory
 from harness.matching import MatchError, match_parameters
-from harness.model import SequenceModel
+from harness.model import POSITIONS, SequenceModel
 from harness.train import TrainConfig
 from tasks import UnknownTaskError, build_task
 from tasks.base import Task, TaskConfigError
@@ -32,7 +32,8 @@ TOP_LEVEL = {"benchmark": str, "seed": int, "device": str, "results_dir": str, "
 MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_embeddings": bool,
          "max_len": int | None}
 # optional backbone fields: parameter matching (conf/model/matched.yaml) and an explicit MLP width
-MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float}
+MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float,
+                  "position": str}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
 MAX_SEED = 2**63 - 1
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -162,6 +163,8 @@ def check_model_fields(model_cfg: dict) -> None:
     _check(model_cfg["norm"] in NORMS, "model.norm", f"must be one of {', '.join(NORMS)}, got {model_cfg['norm']!r}")
     _check(model_cfg["max_len"] is None or model_cfg["max_len"] >= 1, "model.max_len",
            f"must be null (fit the task) or an integer >= 1, got {model_cfg['max_len']!r}")
+    _check(model_cfg.get("position", "none") in POSITIONS, "model.position",
+           f"must be one of {', '.join(POSITIONS)}, got {model_cfg.get('position')!r}")
 
 
 def check_mixer_fields(mixer_cfg: dict) -> None:
@@ -234,7 +237,7 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
                              norm=model_cfg["norm"], tie_embeddings=model_cfg["tie_embeddings"],
                              input_dim=task.input_dim if task.input_kind == "continuous" else 0,
                              output_dim=task.output_dim if task.output_kind == "continuous" else 0,
-                             mlp_hidden=hidden)
+                             mlp_hidden=hidden, position=model_cfg.get("position", "none"))
 
     matching = None
     target = model_cfg.get("match_params")

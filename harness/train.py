@@ -152,6 +152,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
             factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
+            task.set_step(step)
             batch = task.train_batch(cfg.batch_size, generator)
             with autocast_context(device, cfg.precision):
                 logits = model(batch.inputs)

@@ -75,6 +75,10 @@ class Task:
         """A fresh training batch on ``generator.device``, deterministic from the generator state."""
         raise NotImplementedError
 
+    def set_step(self, step: int) -> None:
+        """Told by the training loop before it draws step ``step``'s batch (0-based); tasks whose training
+        distribution follows a schedule (a curriculum) use it, the others ignore it."""
+
     def eval_sets(self) -> dict[str, Batch]:
         """Named evaluation sets, identical for every mixer and run (built on CPU from a fixed seed)."""
         raise NotImplementedError
