@@ -8,6 +8,14 @@ Per head, with input weights ``a_t``, coefficients ``beta_{t,k}`` and inputs ``v
 i.e. ``A = diag(a)`` and ``B[t, t - f(k)] = beta_{t,k}``. Offsets: ``f(k) = 2^k`` (``power2``) or
 ``f(k) = k^2 + 1`` (``square``), k = 0, 1, ...
 
+The cache-efficient lattice variants (``power2_cache``, ``square_cache``) read, for offset k, the
+output at ``t - f(k)`` rounded down to the lattice of multiples of ``f(k)``:
+``s_k(t) = f(k) (floor(t / f(k)) - 1)`` (a lag between ``f(k)`` and ``2 f(k) - 1``; reached, as in
+the plain pattern, from ``t >= f(k)``). Every later step reads, at level k, one of the two
+multiples of ``f(k)`` at or after ``s_k(t)``, so a decoder keeps at most ``2 K`` outputs
+(``lattice_keep``), not the last ``f(K - 1)``. ``sources`` gives the read positions of either kind;
+``gltm_dense`` and ``gltm_sequential`` take them, the blocked solve takes the plain pattern only.
+
 - ``gltm_dense``: the reference, builds the (length x length) matrices and calls
   ``torch.linalg.solve_triangular`` (O(n^2) memory).
 - ``gltm_sequential``: forward substitution one position at a time (the decoding step).
@@ -30,7 +38,9 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as TF
 
-PATTERNS = {"power2": lambda k: 2 ** k, "square": lambda k: k * k + 1}
+PATTERNS = {"power2": lambda k: 2 ** k, "square": lambda k: k * k + 1,
+            "power2_cache": lambda k: 2 ** k, "square_cache": lambda k: k * k + 1}
+LATTICE = ("power2_cache", "square_cache")  # read positions rounded down to multiples of f(k)
 
 
 def offsets(pattern: str, max_len: int) -> list[int]:
@@ -50,17 +60,35 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def gltm_dense(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int]) -> torch.Tensor:
-    """Reference: ``(I - B) Y = A V`` with dense triangular matrices, one per batch and head."""
+def sources(offs: list[int], positions: torch.Tensor, lattice: bool = False) -> torch.Tensor:
+    """The position each of ``positions (m,)`` reads through each offset: ``(m, K)``, ``t - f(k)`` (or
+    its lattice rounding ``f(k) (floor(t / f(k)) - 1)``), -1 where ``f(k) > t`` (no term)."""
+    t, f = positions[:, None], torch.tensor(offs, device=positions.device)[None, :]
+    read = f * (t // f - 1) if lattice else t - f
+    return torch.where(f <= t, read, -1)
+
+
+def lattice_keep(offs: list[int], positions: torch.Tensor, next_position: int) -> torch.Tensor:
+    """Which of the computed ``positions (m,)`` a lattice decoder must keep before it computes
+    ``next_position`` and every later one: those that some offset still reads, ``(m,)`` bool."""
+    f = torch.tensor(offs, device=positions.device)[None, :]
+    earliest = f * (next_position // f - 1)  # the first lattice read of level k from next_position on
+    return ((positions[:, None] % f == 0) & (positions[:, None] >= earliest)).any(-1)
+
+
+def gltm_dense(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int],
+               lattice: bool = False) -> torch.Tensor:
+    """Reference: ``(I - B) Y = A V`` with dense triangular matrices, one per batch and head; B's
+    entries at ``sources`` (the plain pattern, or its lattice rounding)."""
     ct = compute_dtype(a, beta, v)
     a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
     n = v.shape[2]
-    used = [k for k, f in enumerate(offs) if f < n]
     B = v.new_zeros(*v.shape[:2], n, n)
-    if used:  # B[t, t - f(k)] = beta[t, k] for t >= f(k)
-        rows = torch.cat([torch.arange(offs[k], n) for k in used])
-        B[..., rows, rows - torch.cat([torch.full((n - offs[k],), offs[k]) for k in used])] = torch.cat(
-            [beta[:, :, offs[k]:, k] for k in used], dim=-1)
+    read = sources(offs, torch.arange(n, device=v.device), lattice)  # (n, K)
+    for k in range(len(offs)):  # B[t, s_k(t)] += beta[t, k] where offset k reaches (lattice reads may coincide)
+        rows = (read[:, k] >= 0).nonzero()[:, 0]
+        if len(rows):
+            B[..., rows, read[rows, k]] += beta[:, :, rows, k]
     eye = torch.eye(n, dtype=v.dtype, device=v.device)
     return torch.linalg.solve_triangular(eye - B, a[..., None] * v, upper=False, unitriangular=True)
 
@@ -79,16 +107,18 @@ def gltm_step(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, history: tor
     return y
 
 
-def gltm_sequential(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int]) -> torch.Tensor:
+def gltm_sequential(a: torch.Tensor, beta: torch.Tensor, v: torch.Tensor, offs: list[int],
+                    lattice: bool = False) -> torch.Tensor:
     """Forward substitution one position at a time (``length`` sequential steps)."""
     ct = compute_dtype(a, beta, v)
     a, beta, v = a.to(ct), beta.to(ct), v.to(ct)
+    read = sources(offs, torch.arange(v.shape[2]), lattice).tolist()
     outputs: list[torch.Tensor] = []
     for t, (a_t, beta_t, v_t) in enumerate(zip(a.unbind(2), beta.unbind(2), v.unbind(2))):
         y = a_t[..., None] * v_t
-        for k, f in enumerate(offs):
-            if f <= t:
-                y = y + beta_t[..., k, None] * outputs[t - f]
+        for k, s in enumerate(read[t]):
+            if s >= 0:
+                y = y + beta_t[..., k, None] * outputs[s]
         outputs.append(y)
     return torch.stack(outputs, dim=2)
 

@@ -84,3 +84,63 @@ def test_rows_of_b_sum_below_one_and_inputs_beyond_max_len_run():
     assert (beta[..., t < torch.tensor(offs)[None, :]] == 0).all()  # no weight on outputs before the start
     with torch.no_grad():
         assert torch.isfinite(m(torch.randn(1, 200, 16))).all()  # offsets stay those below max_len
+
+
+def test_lattice_reads_by_hand():
+    from mixers.ops.gltm import sources
+    offs = [1, 2, 4]
+    # t = 6: plain reads 5, 4, 2; lattice reads 1*(6-1) = 5, 2*(3-1) = 4, 4*(1-1) = 0
+    assert sources(offs, torch.tensor([6])).tolist() == [[5, 4, 2]]
+    assert sources(offs, torch.tensor([6]), lattice=True).tolist() == [[5, 4, 0]]
+    assert sources(offs, torch.tensor([3]), lattice=True).tolist() == [[2, 0, -1]]  # f = 4 does not reach t = 3
+    lags = [t - s for t in range(4, 40) for s in sources([4], torch.tensor([t]), lattice=True)[0].tolist()]
+    assert min(lags) == 4 and max(lags) == 7  # lags in [f, 2 f - 1]
+
+
+@pytest.mark.parametrize("pattern", ["power2_cache", "square_cache"])
+def test_lattice_sequential_equals_dense_and_dense_is_the_definition(pattern):
+    from mixers.ops.gltm import sources
+    n = 41
+    offs = offsets(pattern, n)
+    a, beta, v = weights(2, 2, n, len(offs), 3, seed=7)
+    y = gltm_dense(a, beta, v, offs, lattice=True)
+    assert torch.allclose(gltm_sequential(a, beta, v, offs, lattice=True), y, atol=1e-12)
+    B = torch.zeros(n, n, dtype=torch.float64)
+    for t, row in enumerate(sources(offs, torch.arange(n), lattice=True).tolist()):
+        for k, s in enumerate(row):
+            if s >= 0:
+                B[t, s] += beta[0, 0, t, k]
+    assert torch.allclose((torch.eye(n, dtype=torch.float64) - B) @ y[0, 0], a[0, 0, :, None] * v[0, 0], atol=1e-12)
+    assert not torch.allclose(y, gltm_dense(a, beta, v, offs), atol=1e-3)  # a different model from the plain pattern
+
+
+@pytest.mark.parametrize("pattern", ["power2_cache", "square_cache"])
+@pytest.mark.parametrize("prompt", [1, 6, 23])
+def test_lattice_decode_equals_parallel_with_a_cache_bounded_by_the_offsets(pattern, prompt):
+    torch.manual_seed(0)
+    n, max_len = 70, 80
+    mixer = mixers.build("gltm", 16, max_len, pattern=pattern, heads=4, impl="dense").double().eval()
+    K = len(mixer.offsets)
+    x = torch.randn(2, n, 16, dtype=torch.float64)
+    with torch.no_grad():
+        full = mixer(x)
+        y, state = mixer.prefill(x[:, :prompt])
+        assert torch.allclose(y, full[:, :prompt], atol=1e-10)
+        for t in range(prompt, n):
+            cached = state["values"].shape[2]
+            assert cached <= 2 * K and cached * 16 == mixer.state_size(t)
+            y_t, state = mixer.step(x[:, t], state)
+            assert torch.allclose(y_t, full[:, t], atol=1e-9), (pattern, t)
+    plain = mixers.build("gltm", 16, max_len, pattern=pattern.removesuffix("_cache"), heads=4)
+    assert mixer.state_size(n) <= 2 * K * 16 < plain.state_size(n)
+
+
+@pytest.mark.parametrize("pattern", ["power2_cache", "square_cache"])
+def test_lattice_patterns_are_causal_and_refuse_the_blocked_solve(pattern):
+    torch.manual_seed(0)
+    mixer = mixers.build("gltm", 16, 40, pattern=pattern, heads=4, impl="dense").double()
+    x = torch.randn(1, 40, 16, dtype=torch.float64, requires_grad=True)
+    grad = torch.autograd.grad(mixer(x)[0, 17].sum(), x)[0]
+    assert grad[0, 18:].abs().max() == 0 and grad[0, :18].abs().max() > 0
+    with pytest.raises(ValueError, match="impl=dense"):
+        mixers.build("gltm", 16, 40, pattern=pattern)
