@@ -152,6 +152,11 @@ class SequenceModel(nn.Module):
             new.append(state)
         return self.head(self.norm(x)), new
 
+    def state_bits(self, length: int, bits_per_value: int = 32) -> float:
+        """Bits of decoding state after ``length`` tokens, all layers (``Mixer.state_size`` values of
+        ``bits_per_value`` bits): beside ``tasks.copy.string_bits`` it says when copying must fail."""
+        return float(sum(m.state_size(length) for m in self.mixer_modules) * bits_per_value)
+
     @property
     def mixer_modules(self) -> list[nn.Module]:
         return [block.mixer for block in self.blocks]
