@@ -26,16 +26,17 @@ REQUIRED = {"ok": ("final", "curve", "timing", "memory", "throughput"), "diverge
 NON_IDENTITY_TASK_KEYS = ("cache_dir",)  # where a text task caches its tokenised corpus
 
 
-def _is_added_default(path: str, value: object) -> bool:
+def is_added_default(path: str, value: object) -> bool:
+    """Whether ``value`` of the (dotted) key ``path`` is the default at which ``ADDED_KEYS`` leaves it out."""
     return path in ADDED_KEYS and type(value) is type(ADDED_KEYS[path]) and value == ADDED_KEYS[path]
 
 
 def identity(config: dict) -> dict:
     """The part of a resolved config that determines a run's results."""
-    ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and not _is_added_default(k, v)}
+    ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and not is_added_default(k, v)}
     for group, fields in ident.items():
         if isinstance(fields, dict) and any(f"{group}.{k}" in ADDED_KEYS for k in fields):
-            ident[group] = {k: v for k, v in fields.items() if not _is_added_default(f"{group}.{k}", v)}
+            ident[group] = {k: v for k, v in fields.items() if not is_added_default(f"{group}.{k}", v)}
     if isinstance(ident.get("train"), dict):
         ident["train"] = {k: v for k, v in ident["train"].items() if k not in NON_IDENTITY_TRAIN_KEYS}
     if isinstance(ident.get("task"), dict):

@@ -66,6 +66,8 @@ class Task:
     output_kind: str = "tokens"
     input_dim: int = 0
     output_dim: int = 0
+    # options that shape training batches only, never the evaluation sets (frozen copies ignore them)
+    training_options: tuple[str, ...] = ()
 
     def max_input_len(self) -> int:
         """Longest input (positions) any training or evaluation batch holds."""

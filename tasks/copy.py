@@ -97,6 +97,7 @@ class CopyTask(Task):
     """Copy a random string after a separator; ``variable`` or ``fixed`` length protocol."""
 
     name = "copy"
+    training_options = ("packed_length",)
 
     def __init__(self, protocol: str = "variable", alphabet_size: int = 26, min_len: int = 1,
                  max_train_len: int = 32, eval_lengths: tuple[int, ...] = (8, 16, 32, 64, 128),

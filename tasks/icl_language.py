@@ -214,6 +214,7 @@ class ICLLanguageTask(Task):
     """Predict the next symbol of strings from a fresh random automaton shown only in context."""
 
     name = "icl_language"
+    training_options = ("exclude_eval_automata", "train_automata")
 
     def __init__(self, num_symbols: int = 18, min_states: int = 4, max_states: int = 12, min_alphabet: int = 4,
                  max_alphabet: int = 18, max_transitions: int = 3, min_strings: int = 10, max_strings: int = 19,

@@ -102,6 +102,7 @@ class ICLRegressionTask(Task):
     """Learn linear functions in context: squared error / d against the number of examples."""
 
     name = "icl_regression"
+    training_options = ("curriculum", "curriculum_start_dims", "curriculum_start_points", "curriculum_interval")
     input_kind = "continuous"
     output_kind = "continuous"
 
