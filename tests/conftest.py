@@ -15,7 +15,6 @@ MIXER_CASES = {
     "tmm-dense": {"heads": 2, "impl": "dense"},
     "attention": {"heads": 2},
     "attention-nope": {"heads": 2, "position": "nope"},
-    "attention-hard_alibi": {"heads": 4, "position": "hard_alibi", "masked_heads": 2},
     "mamba": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
     "mamba-v1": {"version": 1, "d_state": 4, "impl": "transformers"},
     "hyena": {"filter_width": 16},

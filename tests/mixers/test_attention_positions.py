@@ -63,3 +63,32 @@ def test_nope_is_blind_to_position_and_rope_is_not():
 def test_bad_position_options_name_the_option(options, message):
     with pytest.raises(ValueError, match=message):
         mixers.build("attention", 16, 8, heads=4, **options)
+
+
+@pytest.mark.parametrize("masked_heads", [1, 2, 4])
+@pytest.mark.parametrize("prompt", [1, 3, 17])
+def test_hard_alibi_is_causal_and_decodes_as_in_parallel(masked_heads, prompt):
+    """Hard-ALiBi is not a case of the generic contract tests (its FLOPs reach the declared n^2 slope
+    only beyond the lengths those check), so its contract is checked here."""
+    torch.manual_seed(0)
+    mixer = mixers.build("attention", 16, 32, heads=4, position="hard_alibi", masked_heads=masked_heads).double().eval()
+    x = torch.randn(2, 24, 16, dtype=torch.float64, requires_grad=True)
+    out = mixer(x)
+    grad = torch.autograd.grad(out[:, 9].sum(), x)[0]
+    assert grad[:, 10:].abs().max() == 0 and grad[:, :10].abs().max() > 0
+    with torch.no_grad():
+        y, state = mixer.prefill(x[:, :prompt])
+        assert torch.allclose(y, out[:, :prompt], atol=1e-10)
+        for t in range(prompt, 24):
+            y_t, state = mixer.step(x[:, t], state)
+            assert torch.allclose(y_t, out[:, t], atol=1e-9), t
+
+
+def test_hard_alibi_matmul_flops_equal_the_counted_ones():
+    from torch.utils.flop_counter import FlopCounterMode
+    mixer = mixers.build("attention", 32, 64, heads=4, position="hard_alibi", masked_heads=2)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        mixer(torch.randn(3, 40, 32))
+    assert counter.get_total_flops() == pytest.approx(3 * mixer.flop_terms(40)["matmul"], rel=0.01)
+    only_windows = mixers.build("attention", 32, 64, heads=4, position="hard_alibi", masked_heads=4)
+    assert only_windows.flop_terms(40)["attention"] == 0  # every head windowed: no quadratic term
