@@ -27,8 +27,8 @@ patterns each past output is read again f(k) steps later for every k, so a decod
 O(log n) / O(sqrt n) cache belongs to its cache-efficient variants, a different model, read here as
 ``pattern: power2_cache`` / ``square_cache``: offset k reads the output at ``t - f(k)`` rounded
 down to the lattice of multiples of ``f(k)`` (a lag in ``[f(k), 2 f(k) - 1]``), so a decoder keeps
-at most two outputs per offset, ``2 K`` (``mixers/ops/gltm.py``). Those run with ``impl=dense``
-only (no blocked solve for position-dependent lags yet).
+at most two outputs per offset, ``2 K`` (``mixers/ops/gltm.py``; the blocked solve handles their
+position-dependent lags with the same cost).
 
 ``impl=blocked`` solves by blocks (``mixers/ops/gltm.py``, the fast path); ``impl=dense`` with a
 dense ``torch.linalg.solve_triangular`` (the O(n^2) reference it is tested against).
@@ -46,7 +46,7 @@ from mixers.ops import flops as F
 from mixers.ops.gltm import (LATTICE, PATTERNS, blocked_steps, gltm_blocked, gltm_dense, gltm_step, lattice_keep,
                              offsets, solve_products, sources)
 
-# the method's training cost by pattern (the lattice variants' blocked solve is not written yet: they run dense)
+# the method's training cost by pattern
 COMPLEXITY = {"power2": ("O(n log n)", 1.0), "square": ("O(n sqrt n)", 1.5),
               "power2_cache": ("O(n log n)", 1.0), "square_cache": ("O(n sqrt n)", 1.5)}
 
@@ -72,8 +72,6 @@ class GeneralizedLinearTokenMixing(Mixer):
             raise ValueError(f"gltm: d_model={d_model} is not divisible by heads={heads}")
         if impl not in ("blocked", "dense"):
             raise ValueError(f"gltm: impl must be 'blocked' or 'dense', got {impl!r}")
-        if pattern in LATTICE and impl != "dense":
-            raise ValueError(f"gltm: pattern {pattern} (lattice reads) has no blocked solve yet; set impl=dense")
         self.lattice = pattern in LATTICE
         self.pattern, self.heads, self.head_dim, self.block_size, self.impl = pattern, heads, d_model // heads, block_size, impl
         self.offsets = offsets(pattern, max_len)
@@ -131,7 +129,7 @@ class GeneralizedLinearTokenMixing(Mixer):
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         a, beta, v, offs = self._weights(x)  # a (b, h, n), beta (b, h, n, K), v (b, h, n, p)
         if self.impl == "blocked":
-            y = gltm_blocked(a, beta, v, offs, self.block_size)
+            y = gltm_blocked(a, beta, v, offs, self.block_size, self.lattice)
         else:
             y = gltm_dense(a, beta, v, offs, self.lattice)
         out = self.out_proj(rearrange(y, "b h n e -> b n (h e)").to(x.dtype))  # the solve ran in float32 for half inputs

@@ -136,11 +136,47 @@ def test_lattice_decode_equals_parallel_with_a_cache_bounded_by_the_offsets(patt
 
 
 @pytest.mark.parametrize("pattern", ["power2_cache", "square_cache"])
-def test_lattice_patterns_are_causal_and_refuse_the_blocked_solve(pattern):
+def test_lattice_modules_are_causal_and_blocked_equals_dense(pattern):
     torch.manual_seed(0)
-    mixer = mixers.build("gltm", 16, 40, pattern=pattern, heads=4, impl="dense").double()
+    blocked = mixers.build("gltm", 16, 40, pattern=pattern, heads=4, block_size=8).double()
+    dense = mixers.build("gltm", 16, 40, pattern=pattern, heads=4, impl="dense").double()
+    dense.load_state_dict(blocked.state_dict())
     x = torch.randn(1, 40, 16, dtype=torch.float64, requires_grad=True)
-    grad = torch.autograd.grad(mixer(x)[0, 17].sum(), x)[0]
+    assert torch.allclose(blocked(x), dense(x), atol=1e-12)
+    grad = torch.autograd.grad(blocked(x)[0, 17].sum(), x)[0]
     assert grad[0, 18:].abs().max() == 0 and grad[0, :18].abs().max() > 0
-    with pytest.raises(ValueError, match="impl=dense"):
-        mixers.build("gltm", 16, 40, pattern=pattern)
+
+
+@pytest.mark.parametrize("pattern", ["power2_cache", "square_cache"])
+@pytest.mark.parametrize("n,max_len,block", [(1, 4, 4), (5, 8, 4), (37, 37, 8), (70, 100, 3), (64, 64, 64), (130, 130, 16)])
+def test_lattice_blocked_equals_dense_values_and_gradients(pattern, n, max_len, block):
+    offs = offsets(pattern, max_len)
+    a, beta, v = weights(2, 2, n, len(offs), 3, seed=n + 5 * block, requires_grad=True)
+    w = torch.randn(2, 2, n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    ref = gltm_dense(a, beta, v, offs, lattice=True)
+    out = gltm_blocked(a, beta, v, offs, block, lattice=True)
+    assert torch.allclose(out, ref, atol=1e-12)
+    grads = [torch.autograd.grad((y * w).sum(), (a, beta, v), materialize_grads=True) for y in (out, ref)]
+    for g, g_ref in zip(*grads):
+        assert torch.allclose(g, g_ref, atol=1e-10)
+
+
+def test_blocked_solve_at_any_read_positions_equals_the_fixed_offset_one():
+    from mixers.ops.gltm import blocked_solve_sources, sources
+    n, offs = 50, offsets("square", 50)
+    a, beta, v = weights(1, 2, n, len(offs), 3, seed=3)
+    general = blocked_solve_sources(a, beta, v, sources(offs, torch.arange(n)), 8)
+    assert torch.allclose(general, gltm_dense(a, beta, v, offs), atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", ["power2_cache", "square_cache"])
+def test_lattice_matmul_flops_equal_the_counted_ones(pattern):
+    """The lattice variants are not generic contract cases (their cache grows as log n / sqrt n, neither
+    fixed nor linear, which the generic state-size test does not describe): their FLOPs are checked here."""
+    from torch.utils.flop_counter import FlopCounterMode
+    mixer = mixers.build("gltm", 32, 64, pattern=pattern, heads=16, block_size=8)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        mixer(torch.randn(3, 61, 32))
+    assert counter.get_total_flops() == pytest.approx(3 * mixer.flop_terms(61)["matmul"], rel=0.01)
+    plain = mixers.build("gltm", 32, 64, pattern=pattern.removesuffix("_cache"), heads=16, block_size=8)
+    assert mixer.flops(61) == plain.flops(61)  # the same work, at other read positions
