@@ -21,10 +21,14 @@ cache) and f(k) = k^2 + 1 (O(n sqrt n) time, O(sqrt n) cache). What this module 
 
 Time O(n K d) with K = log2(n) or sqrt(n) offsets, for the coefficients and the solve, plus the
 projections. ``max_len`` bounds the pattern (the coefficient projection has a row per offset below
-it): longer inputs run with those offsets. Decoding reads K past outputs per token, the O(log n) /
-O(sqrt n) of the issue; but each past output is read again f(k) steps later for every k, so what a
-decoder must keep is the last ``f(K - 1)`` outputs (``state_size``), O(n) up to max_len: how the
-paper keeps only O(log n) could not be checked against its text.
+it): longer inputs run with those offsets. Decoding reads K past outputs per token; with the plain
+patterns each past output is read again f(k) steps later for every k, so a decoder keeps the last
+``f(K - 1)`` outputs: an O(n) cache up to max_len, as the paper says of these patterns too. The
+O(log n) / O(sqrt n) cache belongs to its cache-efficient variants, a different model, read here as
+``pattern: power2_cache`` / ``square_cache``: offset k reads the output at ``t - f(k)`` rounded
+down to the lattice of multiples of ``f(k)`` (a lag in ``[f(k), 2 f(k) - 1]``), so a decoder keeps
+at most two outputs per offset, ``2 K`` (``mixers/ops/gltm.py``; the blocked solve handles their
+position-dependent lags with the same cost).
 
 ``impl=blocked`` solves by blocks (``mixers/ops/gltm.py``, the fast path); ``impl=dense`` with a
 dense ``torch.linalg.solve_triangular`` (the O(n^2) reference it is tested against).
@@ -39,9 +43,12 @@ from torch.nn import functional as TF
 from mixers import register
 from mixers.base import Mixer
 from mixers.ops import flops as F
-from mixers.ops.gltm import PATTERNS, blocked_steps, gltm_blocked, gltm_dense, gltm_step, offsets, solve_products
+from mixers.ops.gltm import (LATTICE, PATTERNS, blocked_steps, gltm_blocked, gltm_dense, gltm_step, lattice_keep,
+                             offsets, solve_products, sources)
 
-COMPLEXITY = {"power2": ("O(n log n)", 1.0), "square": ("O(n sqrt n)", 1.5)}
+# the method's training cost by pattern
+COMPLEXITY = {"power2": ("O(n log n)", 1.0), "square": ("O(n sqrt n)", 1.5),
+              "power2_cache": ("O(n log n)", 1.0), "square_cache": ("O(n sqrt n)", 1.5)}
 
 
 @register("gltm")
@@ -65,10 +72,13 @@ class GeneralizedLinearTokenMixing(Mixer):
             raise ValueError(f"gltm: d_model={d_model} is not divisible by heads={heads}")
         if impl not in ("blocked", "dense"):
             raise ValueError(f"gltm: impl must be 'blocked' or 'dense', got {impl!r}")
+        self.lattice = pattern in LATTICE
         self.pattern, self.heads, self.head_dim, self.block_size, self.impl = pattern, heads, d_model // heads, block_size, impl
         self.offsets = offsets(pattern, max_len)
         self.declare(pattern=pattern, impl=impl)
-        self.state_complexity = "O(n) kept, " + ("O(log n)" if pattern == "power2" else "O(sqrt n)") + " read per token"
+        read = "O(log n)" if pattern.startswith("power2") else "O(sqrt n)"
+        self.state_complexity = f"{read} kept and read per token" if self.lattice else f"O(n) kept, {read} read per token"
+        self.state_exponent = 0.0 if self.lattice else 1.0  # logarithmic / square-root growth shown as 0
         K = len(self.offsets)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.coef_proj = nn.Linear(d_model, (K + 1) * heads, bias=True)  # rows (k h): a, then beta_k, per head
@@ -119,11 +129,14 @@ class GeneralizedLinearTokenMixing(Mixer):
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         a, beta, v, offs = self._weights(x)  # a (b, h, n), beta (b, h, n, K), v (b, h, n, p)
         if self.impl == "blocked":
-            y = gltm_blocked(a, beta, v, offs, self.block_size)
+            y = gltm_blocked(a, beta, v, offs, self.block_size, self.lattice)
         else:
-            y = gltm_dense(a, beta, v, offs)
+            y = gltm_dense(a, beta, v, offs, self.lattice)
         out = self.out_proj(rearrange(y, "b h n e -> b n (h e)").to(x.dtype))  # the solve ran in float32 for half inputs
         n = x.shape[1]
+        if self.lattice:  # only the outputs a later step reads
+            kept = lattice_keep(self.offsets, torch.arange(n, device=x.device), n).nonzero()[:, 0]
+            return out, {"positions": kept, "values": y[:, :, kept], "position": torch.tensor(n)}
         return out, {"history": y[:, :, max(0, n - self.offsets[-1]):], "position": torch.tensor(n)}
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
@@ -131,13 +144,32 @@ class GeneralizedLinearTokenMixing(Mixer):
         K = self.reaching(t)
         w = rearrange(self._logits(x, K), "b (k h) -> b h k", h=self.heads).softmax(-1)
         v = rearrange(self.v_proj(x), "b (h e) -> b h e", h=self.heads)
+        if self.lattice:
+            return self._lattice_step(w, v, state, t, K, x.dtype)
         y = gltm_step(w[..., 0], w[..., 1:], v, state["history"], self.offsets[:K])
         history = torch.cat([state["history"], y[:, :, None]], dim=2)[:, :, -self.offsets[-1]:]
         out = self.out_proj(rearrange(y, "b h e -> b (h e)").to(x.dtype))
         return out, {"history": history, "position": torch.tensor(t + 1)}
 
+    def _lattice_step(self, w: torch.Tensor, v: torch.Tensor, state: dict, t: int, K: int,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
+        """One lattice step: the K read positions are looked up among the kept ones (at most 2 K)."""
+        positions, values = state["positions"], state["values"]  # (C,), (b, h, C, p)
+        read = sources(self.offsets[:K], torch.tensor([t], device=positions.device), lattice=True)[0]  # (K,)
+        slot = (positions[None, :] == read[:, None]).float().argmax(-1)  # every read position is kept
+        terms = (w[..., 1:, None] * values[:, :, slot]).sum(2) if K else 0.0
+        y = w[..., 0, None] * v.to(w.dtype) + terms
+        positions = torch.cat([positions, positions.new_tensor([t])])
+        values = torch.cat([values, y[:, :, None].to(values.dtype)], dim=2)
+        keep = lattice_keep(self.offsets, positions, t + 1)
+        out = self.out_proj(rearrange(y, "b h e -> b (h e)").to(dtype))
+        return out, {"positions": positions[keep], "values": values[:, :, keep], "position": torch.tensor(t + 1)}
+
     def state_size(self, length: int) -> int:
-        """The last ``f(K - 1)`` outputs: every one of them is read by a later step."""
+        """Plain patterns: the last ``f(K - 1)`` outputs, every one of them read by a later step.
+        Lattice patterns: the outputs a later step reads, at most two per offset (``2 K``)."""
+        if self.lattice:
+            return int(lattice_keep(self.offsets, torch.arange(length), length).sum()) * self.d_model
         return min(length, self.offsets[-1]) * self.d_model
 
     def flop_terms(self, length: int) -> dict[str, float]:

@@ -75,6 +75,8 @@ class Task:
     output_kind: str = "tokens"
     input_dim: int = 0
     output_dim: int = 0
+    # options that shape training batches only, never the evaluation sets (frozen copies ignore them)
+    training_options: tuple[str, ...] = ()
 
     def max_input_len(self) -> int:
         """Longest input (positions) any training or evaluation batch holds."""
@@ -88,6 +90,10 @@ class Task:
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A fresh training batch on ``generator.device``, deterministic from the generator state."""
         raise NotImplementedError
+
+    def set_step(self, step: int) -> None:
+        """Told by the training loop before it draws step ``step``'s batch (0-based); tasks whose training
+        distribution follows a schedule (a curriculum) use it, the others ignore it."""
 
     def eval_sets(self) -> dict[str, Batch]:
         """Named evaluation sets, identical for every mixer and run (built on CPU from a fixed seed)."""

@@ -16,6 +16,7 @@ MIXER_CASES = {
     "tmm_flat": {},
     "tmm_flat-dense": {"impl": "dense"},
     "attention": {"heads": 2},
+    "attention-nope": {"heads": 2, "position": "nope"},
     "mamba": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
     "mamba-v1": {"version": 1, "d_state": 4, "impl": "transformers"},
     "hyena": {"filter_width": 16},

@@ -94,12 +94,15 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float:
 
 
 def fitted_slopes(rows: list[dict], fit_from: float) -> dict[str, float]:
-    """Slopes of per-sequence time and memory against length over the upper ``1 - fit_from`` of lengths."""
+    """Slopes of per-sequence time, memory and analytic forward FLOPs (the method's cost, free of the
+    host loops and kernel overheads that time also measures) against length over the upper
+    ``1 - fit_from`` of lengths."""
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["length"])
     ok = ok[int(len(ok) * fit_from):] if len(ok) >= 4 else ok
     lengths = [r["length"] for r in ok]
     out = {"time": loglog_slope(lengths, [r["median_s"] / r["batch"] for r in ok]),
            "saved_memory": loglog_slope(lengths, [r["saved_bytes"] / r["batch"] for r in ok]),
+           "flops": loglog_slope(lengths, [r["analytic_forward_flops"] / r["batch"] for r in ok]),
            "fit_lengths": lengths}
     if ok and "activation_peak_bytes" in ok[0]:
         out["peak_memory"] = loglog_slope(lengths, [r["activation_peak_bytes"] / r["batch"] for r in ok])

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.run import fields as F
 from harness.run.faults import is_out_of_memory
 from harness.run.matching import MatchError, match_parameters
-from harness.run.model import SequenceModel
+from harness.run.model import POSITIONS, SequenceModel
 from harness.run.train import EXEMPTION_RULES, TrainConfig
 import mixers
 import tasks
@@ -32,7 +32,8 @@ TOP_LEVEL = {"benchmark": str, "seed": int, "device": str, "results_dir": str, "
 MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_embeddings": bool,
          "max_len": int | None}
 # optional backbone fields: parameter matching (conf/model/matched.yaml) and an explicit MLP width
-MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float}
+MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float,
+                  "position": str}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
 MAX_SEED = 2**63 - 1
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -200,6 +201,8 @@ def check_model_fields(model_cfg: dict) -> None:
     _check(model_cfg["norm"] in NORMS, "model.norm", f"must be one of {', '.join(NORMS)}, got {model_cfg['norm']!r}")
     _check(model_cfg["max_len"] is None or model_cfg["max_len"] >= 1, "model.max_len",
            f"must be null (fit the task) or an integer >= 1, got {model_cfg['max_len']!r}")
+    _check(model_cfg.get("position", "none") in POSITIONS, "model.position",
+           f"must be one of {', '.join(POSITIONS)}, got {model_cfg.get('position')!r}")
 
 
 def check_mixer_fields(mixer_cfg: dict) -> None:
@@ -274,7 +277,8 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
                              norm=model_cfg["norm"], tie_embeddings=model_cfg["tie_embeddings"],
                              input_dim=task.input_dim if task.input_kind == "continuous" else 0,
                              output_dim=task.output_dim if task.output_kind == "continuous" else 0,
-                             mlp_hidden=hidden, train_len=task.max_train_input_len())
+                             mlp_hidden=hidden, train_len=task.max_train_input_len(),
+                             position=model_cfg.get("position", "none"))
 
     matching = None
     target = model_cfg.get("match_params")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+import tasks
+from harness.run.records import is_added_default
 from tasks.base import Batch
 
 IGNORED_OPTIONS = ("name", "cache_dir")  # where a task caches its corpus does not change its examples
@@ -26,8 +28,12 @@ DTYPES = {torch.int64: "int64", torch.int32: "int32", torch.float32: "float32", 
 
 
 def set_id(task_cfg: dict) -> str:
-    """12 hex digits of the SHA-256 of the task's content options."""
-    options = {k: v for k, v in task_cfg.items() if k not in IGNORED_OPTIONS}
+    """12 hex digits of the SHA-256 of the task's content options: not its ``training_options`` (they
+    shape training batches only), nor options added later at the default that keeps older ids."""
+    cls = tasks._TASKS.get(task_cfg["name"])  # noqa: SLF001 - the registry has no public class lookup yet
+    training = cls.training_options if cls is not None else ()
+    options = {k: v for k, v in task_cfg.items() if k not in IGNORED_OPTIONS and k not in training
+               and not is_added_default(f"task.{k}", v)}
     canonical = json.dumps({"name": task_cfg["name"], **options}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

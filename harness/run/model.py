@@ -4,8 +4,10 @@ token embedding -> N x [norm -> mixer -> residual; norm -> MLP -> residual] -> f
 Tasks with continuous inputs or outputs (``input_dim`` / ``output_dim`` > 0, e.g. in-context
 regression) swap the token embedding for a linear read-in ``input_dim -> d_model`` and the LM head
 for a linear read-out ``d_model -> output_dim`` (as Garg et al. 2022 do around GPT-2); everything
-between is unchanged. No positional embedding: each mixer brings its own notion of position (RoPE, Toeplitz lags,
-convolutions, recurrences). Backbone weights (embedding, MLP, head) use GPT-2's normal(0, 0.02)
+between is unchanged. No positional embedding by default (``position="none"``): each mixer brings its own
+notion of position (RoPE, Toeplitz lags, convolutions, recurrences); ``position="learned"`` adds a
+learned absolute position embedding ``(max_len, d_model)`` to the read-in, as GPT-2 (and Garg et
+al.'s model around it) has. Backbone weights (embedding, MLP, head) use GPT-2's normal(0, 0.02)
 initialisation with the MLP output scaled by 1/sqrt(2 N); each mixer keeps its paper's own.
 """
 from __future__ import annotations
@@ -17,6 +19,9 @@ from torch import nn
 
 import mixers
 from mixers.ops import flops as F
+
+
+POSITIONS = ("none", "learned")  # model.position: no position embedding, or GPT-2's learned absolute one
 
 
 class MLP(nn.Module):
@@ -66,8 +71,11 @@ class SequenceModel(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, max_len: int, mixer: str,
                  mixer_options: dict | None = None, mlp_ratio: float = 4.0, norm: str = "layernorm",
                  tie_embeddings: bool = False, input_dim: int = 0, output_dim: int = 0, mlp_hidden: int | None = None,
-                 train_len: int | None = None):
+                 train_len: int | None = None, position: str = "none"):
         super().__init__()
+        if position not in POSITIONS:
+            raise ValueError(f"model.position must be one of {', '.join(POSITIONS)}, got {position!r}")
+        self.position = position
         self.vocab_size, self.d_model, self.n_layers, self.max_len = vocab_size, d_model, n_layers, max_len
         self.mixer_name, self.tie_embeddings = mixer, tie_embeddings
         self.input_dim, self.output_dim = input_dim, output_dim
@@ -80,6 +88,7 @@ class SequenceModel(nn.Module):
             options["train_len"] = min(train_len, max_len)
         # read-in: a lookup for tokens, a linear map for vectors (Garg et al.'s read_in)
         self.embed = nn.Linear(input_dim, d_model) if input_dim else nn.Embedding(vocab_size, d_model)
+        self.position_embed = nn.Embedding(max_len, d_model) if position == "learned" else None  # GPT-2's wpe
         self.blocks = nn.ModuleList(
             Block(d_model, mixers.build(mixer, d_model, max_len, **options), mlp_ratio, norm, mlp_hidden)
             for _ in range(n_layers)
@@ -93,6 +102,8 @@ class SequenceModel(nn.Module):
 
     def _init_backbone(self) -> None:
         nn.init.normal_(self.embed.weight, std=0.02)
+        if self.position_embed is not None:
+            nn.init.normal_(self.position_embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
         for layer in (self.embed, self.head):
             if getattr(layer, "bias", None) is not None:
@@ -108,16 +119,25 @@ class SequenceModel(nn.Module):
         ``(batch, n, output_dim)``)."""
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"input of {tokens.shape[1]} tokens exceeds model.max_len={self.max_len}")
-        x = self.embed(tokens)
+        x = self.read_in(tokens, 0)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+    def read_in(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """Embedded ``tokens (batch, n)`` (or ``(batch, n, input_dim)``) at positions ``start..start+n-1``:
+        ``(batch, n, d_model)``; plus the learned position embedding when the model has one."""
+        x = self.embed(tokens)
+        if self.position_embed is not None:
+            n = x.shape[1]
+            x = x + self.position_embed(torch.arange(start, start + n, device=x.device))
+        return x
 
     # ---- generation ---------------------------------------------------------------------------
     def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """Parallel forward over a prompt ``tokens (batch, n)``: logits ``(batch, n, vocab)`` and the
         per-layer decoding states."""
-        x, states = self.embed(tokens), []
+        x, states = self.read_in(tokens, 0), []
         for block in self.blocks:
             y, state = block.mixer.prefill(block.norm1(x))
             x = x + y
@@ -125,15 +145,23 @@ class SequenceModel(nn.Module):
             states.append(state)
         return self.head(self.norm(x)), states
 
-    def decode(self, token: torch.Tensor, states: list[dict]) -> tuple[torch.Tensor, list[dict]]:
-        """One step: ``token (batch,)`` -> next-token logits ``(batch, vocab)`` and updated states."""
-        x, new = self.embed(token), []
+    def decode(self, token: torch.Tensor, states: list[dict], position: int | None = None) -> tuple[torch.Tensor, list[dict]]:
+        """One step: ``token (batch,)`` -> next-token logits ``(batch, vocab)`` and updated states.
+        ``position`` (the token's index in the sequence) is needed with a learned position embedding."""
+        if self.position_embed is not None and position is None:
+            raise ValueError("decode: a model with a learned position embedding needs the token's position")
+        x, new = self.read_in(token[:, None], position or 0)[:, 0], []
         for block, state in zip(self.blocks, states):
             y, state = block.mixer.step(block.norm1(x), state)
             x = x + y
             x = x + block.mlp(block.norm2(x))
             new.append(state)
         return self.head(self.norm(x)), new
+
+    def state_bits(self, length: int, bits_per_value: int = 32) -> float:
+        """Bits of decoding state after ``length`` tokens, all layers (``Mixer.state_size`` values of
+        ``bits_per_value`` bits): beside ``tasks.copy.string_bits`` it says when copying must fail."""
+        return float(sum(m.state_size(length) for m in self.mixer_modules) * bits_per_value)
 
     @property
     def mixer_modules(self) -> list[nn.Module]:
@@ -148,6 +176,7 @@ class SequenceModel(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         mixer = sum(p.numel() for m in self.mixer_modules for p in m.parameters())
         io = sum(p.numel() for p in self.embed.parameters())
+        io += 0 if self.position_embed is None else self.position_embed.weight.numel()
         io += 0 if self.tie_embeddings else sum(p.numel() for p in self.head.parameters())
         return {"total": total, "mixer": mixer, "non_embedding": total - io}
 
@@ -162,7 +191,8 @@ class SequenceModel(nn.Module):
         hidden = self.blocks[0].mlp.hidden
         mixer_flops = sum(m.flops(n) for m in self.mixer_modules)
         return {
-            "embedding": F.linear(n, self.input_dim, d) + n * d if self.input_dim else 0.0,
+            "embedding": (F.linear(n, self.input_dim, d) + n * d if self.input_dim else 0.0)
+            + (n * d if self.position_embed is not None else 0.0),  # the position embedding's add
             "mixer": mixer_flops,
             # two linear layers, GELU (counted 4 per element) and biases
             "mlp": L * (F.linear(n, d, hidden) + F.linear(n, hidden, d) + 5.0 * n * hidden + n * d),

@@ -12,7 +12,11 @@ NON_IDENTITY_KEYS = ("results_dir", "force", "concurrent_runs", "gpu")
 NON_IDENTITY_TRAIN_KEYS = ("progress",)
 # Keys added after records were first written: at these values they are left out of the identity,
 # so that older records keep their ids (and are not rerun); any other value makes a new run.
-ADDED_KEYS = {"deterministic": False}
+# A dotted key names a field of a group (``model.position``: the field ``position`` of ``model``).
+ADDED_KEYS = {"deterministic": False, "model.position": "none", "task.curriculum": False,
+              "task.curriculum_start_dims": 5, "task.curriculum_start_points": 11, "task.curriculum_interval": 2000,
+              "mixer.position": "rope", "mixer.masked_heads": 2, "task.train_automata": None,
+              "task.eos": False, "task.packed_length": None}
 # Statuses that are a result of the config (skipped on a rerun unless force=true); ``oom`` and
 # ``failed`` depend on the machine or the code, so a rerun tries them again.
 FINISHED = ("ok", "diverged")
@@ -22,10 +26,17 @@ REQUIRED = {"ok": ("final", "curve", "timing", "memory", "throughput"), "diverge
 NON_IDENTITY_TASK_KEYS = ("cache_dir",)  # where a text task caches its tokenised corpus
 
 
+def is_added_default(path: str, value: object) -> bool:
+    """Whether ``value`` of the (dotted) key ``path`` is the default at which ``ADDED_KEYS`` leaves it out."""
+    return path in ADDED_KEYS and type(value) is type(ADDED_KEYS[path]) and value == ADDED_KEYS[path]
+
+
 def identity(config: dict) -> dict:
     """The part of a resolved config that determines a run's results."""
-    ident = {k: v for k, v in config.items()
-             if k not in NON_IDENTITY_KEYS and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+    ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and not is_added_default(k, v)}
+    for group, fields in ident.items():
+        if isinstance(fields, dict) and any(f"{group}.{k}" in ADDED_KEYS for k in fields):
+            ident[group] = {k: v for k, v in fields.items() if not is_added_default(f"{group}.{k}", v)}
     if isinstance(ident.get("train"), dict):
         ident["train"] = {k: v for k, v in ident["train"].items() if k not in NON_IDENTITY_TRAIN_KEYS}
     if isinstance(ident.get("task"), dict):

@@ -222,6 +222,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
         job = bar.add_task(description, total=cfg.steps, status="")
         for step in range(cfg.steps):
             t0 = time.perf_counter()
+            task.set_step(step)  # tasks with a curriculum follow the training step
             with part("batches"):
                 batch = task.train_batch(cfg.batch_size, generator)
             loss = train_step(model, task, batch, optimizer, base_lrs, step, cfg, device)

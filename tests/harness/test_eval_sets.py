@@ -56,3 +56,15 @@ def test_freeze_covers_every_task_an_experiment_sweeps(tmp_path, monkeypatch):
     monkeypatch.setattr("harness.run.freeze_eval.freeze_for", lambda overrides: seen.append(overrides) or "x")
     assert freeze_main(["+experiment=icl_benchmark_cpu", f"results_dir={tmp_path}"]) == 0
     assert sorted(o[-1] for o in seen) == ["task=icl_language_cpu", "task=icl_regression"]
+
+
+def test_frozen_set_ids_ignore_training_only_options_and_added_defaults():
+    from harness.run.eval_sets import set_id
+    copy = {"name": "copy", "protocol": "variable", "alphabet_size": 26, "min_len": 1, "max_train_len": 32,
+            "eval_lengths": [8, 16], "eval_samples": 256, "eval_seed": 1234}
+    assert set_id({**copy, "eos": False, "packed_length": None}) == set_id(copy)
+    assert set_id({**copy, "eos": True, "packed_length": 220}) == set_id({**copy, "eos": True}) != set_id(copy)
+    regression = {"name": "icl_regression", "n_dims": 8, "n_points": 17}
+    assert set_id({**regression, "curriculum": True, "curriculum_interval": 300}) == set_id(regression)
+    language = {"name": "icl_language", "max_len": 256}
+    assert set_id({**language, "exclude_eval_automata": True, "train_automata": 10}) == set_id(language)

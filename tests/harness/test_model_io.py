@@ -32,3 +32,30 @@ def test_continuous_model_is_causal():
     y = x.clone()
     y[:, 7:] = torch.randn(2, 5, 4)
     assert torch.allclose(model(x)[:, :7], model(y)[:, :7], atol=1e-5)
+
+
+def test_learned_position_embedding_is_causal_decodes_as_parallel_and_errors_name_the_field():
+    import pytest
+
+    torch.manual_seed(0)
+    model = SequenceModel(11, 16, 2, 12, "attention", position="learned").eval()
+    plain = SequenceModel(11, 16, 2, 12, "attention")
+    assert model.parameter_counts()["total"] - plain.parameter_counts()["total"] == 12 * 16
+    assert model.parameter_counts()["non_embedding"] == plain.parameter_counts()["non_embedding"]
+    tokens = torch.randint(0, 11, (2, 10))
+    with torch.no_grad():
+        full = model(tokens)
+        changed = tokens.clone()
+        changed[:, 6:] = (changed[:, 6:] + 1) % 11
+        assert torch.allclose(model(changed)[:, :6], full[:, :6], atol=1e-6)  # causal
+        assert not torch.allclose(model(tokens[:, 1:])[:, 0], full[:, 1], atol=1e-3)  # position matters
+        logits, states = model.prefill(tokens[:, :4])
+        steps = [logits[:, -1]]
+        for t in range(4, 10):
+            step_logits, states = model.decode(tokens[:, t], states, position=t)
+            steps.append(step_logits)
+    assert torch.allclose(torch.stack(steps, 1), full[:, 3:], atol=1e-5)
+    with pytest.raises(ValueError, match="position"):
+        model.decode(tokens[:, 0], states)
+    with pytest.raises(ValueError, match="model.position"):
+        SequenceModel(11, 16, 1, 12, "attention", position="sinusoidal")

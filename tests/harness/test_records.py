@@ -143,3 +143,16 @@ def test_every_shipped_record_keeps_its_id():
         record = json.loads(path.read_text())
         assert record["id"] == records.run_id(record["config"]), path.name
         assert path.name == records.record_path(path.parent, record["config"]).name
+
+
+def test_group_fields_added_later_keep_old_ids_at_their_default(tmp_path):
+    cfg = make_config(*TINY, results_dir=tmp_path)
+    old = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "position"}}
+    assert records.run_id(old) == records.run_id(cfg)
+    assert records.run_id({**cfg, "model": {**cfg["model"], "position": "learned"}}) != records.run_id(cfg)
+    regression = {**cfg, "task": {"name": "icl_regression", "n_dims": 8}}
+    with_defaults = {**regression, "task": {**regression["task"], "curriculum": False, "curriculum_start_dims": 5,
+                                            "curriculum_start_points": 11, "curriculum_interval": 2000}}
+    assert records.run_id(with_defaults) == records.run_id(regression)
+    on = {**with_defaults, "task": {**with_defaults["task"], "curriculum": True}}
+    assert records.run_id(on) != records.run_id(regression)

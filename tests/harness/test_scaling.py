@@ -68,3 +68,15 @@ def test_analytic_flops_do_not_contradict_declared_time_complexity(case):
 def test_loglog_slope():
     assert loglog_slope([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
     assert math.isnan(loglog_slope([1], [1]))
+
+
+def test_fitted_slopes_include_the_flop_slope_of_gltm():
+    import mixers
+    from harness.bench.scaling import fitted_slopes
+    rows = []
+    for n in (1024, 2048, 4096, 8192):
+        m = mixers.build("gltm", 64, n, pattern="power2", heads=4, block_size=64)
+        rows.append({"status": "ok", "length": n, "batch": 1, "median_s": 1.0, "saved_bytes": 1.0,
+                     "analytic_forward_flops": m.flops(n)})
+    slope = fitted_slopes(rows, 0.0)["flops"]
+    assert 1.0 < slope < 1.1  # n log n: above linear, far below the 1.4 the timed slope showed
