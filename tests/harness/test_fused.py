@@ -1,0 +1,64 @@
+"""Fused runs (``harness.run.fused``): members that differ in lr, weight decay or seed train in one
+process with the same records (ids, curves, final metrics) as the runs made alone."""
+from __future__ import annotations
+
+import pytest
+
+from harness.run.execute import execute
+from harness.run.fused import execute_fused, fusion_groups
+from tests.harness.helpers import TINY, make_config
+
+MEMBERS = [("seed=0", "train.lr=0.003"), ("seed=0", "train.lr=0.01", "train.weight_decay=0.0"),
+           ("seed=1", "train.lr=0.003")]
+# on CPU with one thread the members' arithmetic is the alone runs' own: agreement to rounding (measured: exact)
+RTOL = 1e-6
+TIMING = ("train_time_s", "wall_s")
+
+
+def curve_values(record: dict) -> list[dict]:
+    return [{k: v for k, v in point.items() if k not in TIMING} for point in record["curve"]]
+
+
+def assert_same_metrics(fused: dict, alone: dict) -> None:
+    assert fused["id"] == alone["id"] and fused["status"] == alone["status"] == "ok"
+    assert fused["final"].keys() == alone["final"].keys()
+    for key, value in alone["final"].items():
+        if key not in TIMING and isinstance(value, float):
+            assert fused["final"][key] == pytest.approx(value, rel=RTOL), key
+    assert len(fused["curve"]) == len(alone["curve"])
+    for a, b in zip(curve_values(fused), curve_values(alone)):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=RTOL)
+        assert a["eval"].keys() == b["eval"].keys()
+        for name in a["eval"]:
+            assert a["eval"][name] == pytest.approx(b["eval"][name], rel=RTOL), name
+        assert a["tokens"] == b["tokens"] and a["train_flops"] == b["train_flops"]
+
+
+def test_fused_members_get_the_records_of_the_runs_made_alone(tmp_path):
+    common = (*TINY, "mixer=attention", "mixer.heads=2", "train.threads=1")
+    fused_cfgs = [make_config(*common, *m, results_dir=tmp_path / "fused") for m in MEMBERS]
+    alone = [execute(make_config(*common, *m, results_dir=tmp_path / "alone")) for m in MEMBERS]
+    fused = execute_fused(fused_cfgs)
+    for f, a in zip(fused, alone):
+        assert_same_metrics(f, a)
+        assert f["fused"]["method"] == "loop" and f["fused"]["members"] == [r["id"] for r in alone]
+        assert "fused" not in a
+    # written where execute writes, so that a rerun of either kind skips them
+    again = execute(fused_cfgs[1])
+    assert again["id"] == fused[1]["id"] and "fused" in again
+
+
+def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
+    common = (*TINY, "mixer=attention", "mixer.heads=2", "train.grad_clip=0")
+    cfgs = [make_config(*common, "train.lr=0.003", results_dir=tmp_path),
+            make_config(*common, "train.lr=1e30", results_dir=tmp_path)]
+    ok, diverged = execute_fused(cfgs)
+    assert ok["status"] == "ok" and diverged["status"] == "diverged"
+
+
+def test_groups_are_the_configs_that_differ_only_in_lr_weight_decay_or_seed():
+    cfgs = [make_config(*TINY, *m) for m in MEMBERS] + [make_config(*TINY, "model.d_model=32"),
+                                                         make_config(*TINY, "model.d_model=32", "seed=4")]
+    assert fusion_groups(cfgs) == [[0, 1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="differ in more than"):
+        execute_fused([cfgs[0], cfgs[3]])
