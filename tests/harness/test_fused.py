@@ -62,3 +62,28 @@ def test_groups_are_the_configs_that_differ_only_in_lr_weight_decay_or_seed():
     assert fusion_groups(cfgs) == [[0, 1, 2], [3, 4]]
     with pytest.raises(ValueError, match="differ in more than"):
         execute_fused([cfgs[0], cfgs[3]])
+
+
+def test_the_fused_launcher_says_what_it_fuses_and_writes_every_record(tmp_path):
+    """``hydra/launcher=fused``: 2 seeds x 2 learning rates of one architecture in one group; every run
+    gets its own record, with the id the basic launcher would give it."""
+    import json
+    import subprocess
+    import sys
+
+    from harness.run.records import run_id
+    from tests.harness.test_sweep import ROOT
+
+    args = [*TINY, "mixer=attention", "mixer.heads=2", "train=test", "seed=0,1", "train.lr=0.003,0.01",
+            "model.n_layers=1", "benchmark=fused", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/logs"]
+    proc = subprocess.run([sys.executable, "-m", "harness.run", "-m", "hydra/launcher=fused", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "4 runs in 1 groups (4 runs fused" in out
+    assert out.index("preflight: group 0: 4 x attention on copy") < out.index("fused: 4 runs in one process")
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
+    assert len(records) == 4 and all(r["status"] == "ok" and r["fused"]["method"] == "loop" for r in records)
+    cfg = make_config(*TINY, "mixer=attention", "mixer.heads=2", "seed=1", "train.lr=0.01", "model.n_layers=1",
+                      "benchmark=fused", results_dir=tmp_path)
+    assert run_id(cfg) in {r["id"] for r in records}
