@@ -4,4 +4,7 @@ import sys
 
 from harness.launch.profile import overrides, suffix
 
-print(suffix() if sys.argv[1:] == ["--suffix"] else " ".join(overrides(sys.argv[1:])))
+# python -m harness.launch [launcher-side overrides ...] [-- sweep overrides ...]: the sweep's are probed, not echoed
+args = sys.argv[1:]
+own, sweep = (args[:args.index("--")], args[args.index("--") + 1:]) if "--" in args else (args, [])
+print(suffix() if own == ["--suffix"] else " ".join(overrides(own, sweep)))

@@ -96,7 +96,7 @@ class Fields:
 
 # The run config's schema, group by group; the mixer's and the task's options are typed by their
 # constructors' signatures (``mixers.options_of``, ``tasks.options_of``).
-SCHEMA = {"gpu": Fields(GPU), "model": Fields(MODEL, MODEL_OPTIONAL), "train": Fields.of(TrainConfig)}
+SCHEMA = {"gpu": Fields(GPU, {"sizing": dict}), "model": Fields(MODEL, MODEL_OPTIONAL), "train": Fields.of(TrainConfig)}
 SCHEMA["config"] = Fields({**TOP_LEVEL, "mixer": Fields({}), "task": Fields({}), "model": SCHEMA["model"],
                            "train": SCHEMA["train"]})
 
