@@ -18,7 +18,7 @@ launch      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS) -- $(1) $(ARGS
 SIZE        = $(shell $(PY) -m harness.launch --suffix)
 
 .PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
-        scaling-benchmark generation-benchmark overhead-benchmark report clean
+        scaling-benchmark generation-benchmark overhead-benchmark throughput-benchmark report clean
 
 help:  ## this list
 	@grep -E '^[a-z][a-zA-Z_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
@@ -58,6 +58,9 @@ generation-benchmark: setup  ## prefill and per-token decode throughput through 
 
 overhead-benchmark: setup  ## what the harness adds to a run (start-up, data, logging, evaluation) against pure training
 	$(PY) -m harness.bench.overhead $(ARGS)
+
+throughput-benchmark: setup  ## ms per step and runs per hour: sequential, packed, compiled, fused (conf/throughput.yaml)
+	$(PY) -m harness.bench.throughput $(ARGS)
 
 report: setup  ## every benchmark's tables and plots from its records (ARGS="results_dir=D" for another folder)
 	$(PY) -m harness.report --all $(REPORT_ARGS)
