@@ -1,6 +1,7 @@
 """Throughput of the harness: ms per training step and runs per hour of each core mixer at the recall
 and copy settings, for a sweep run sequentially, packed (several processes on one device), compiled
-(``train.compile``) and fused (``harness.run.fused``), measured back to back on this machine.
+(``train.compile``), fused (``harness.run.fused``) and optionally fused and compiled together
+(``fused_compiled``), measured back to back on this machine.
 
     python -m harness.bench.throughput                              # conf/throughput.yaml, profile by hardware
     python -m harness.bench.throughput mixers=[tmm] modes=[sequential,fused] profiles.gpu.steps=100
@@ -34,7 +35,7 @@ from harness.run.records import read_record, record_path, results_folder, write_
 
 log = logging.getLogger("mixbench")
 ROOT = Path(__file__).resolve().parents[2]
-MODES = ("sequential", "packed", "compiled", "fused")
+MODES = ("sequential", "packed", "compiled", "fused", "fused_compiled")
 
 
 def hardware_name(device: str) -> str:
@@ -52,14 +53,14 @@ def run_overrides(setting: list[str], mixer: str, profile: dict, lr: float, resu
 
 def measure_mode(mode: str, runs: list[list[str]], profile: dict, out: Path) -> dict:
     """Train ``runs`` (override lists) in ``mode``; wall seconds, ms per step, runs per hour, statuses."""
-    extra = {"compiled": [f"train.compile={profile['compile']}"],
+    extra = {"compiled": [f"train.compile={profile['compile']}"], "fused_compiled": [f"train.compile={profile['compile']}"],
              "packed": [f"concurrent_runs={len(runs)}", f"gpu.jobs_per_gpu={len(runs)}"]}.get(mode, [])
     runs = [[*r, *extra] for r in runs]
     cfgs = [load(r) for r in runs]
     started = time.perf_counter()
     if mode in ("sequential", "compiled"):
         records = [execute(cfg) for cfg in cfgs]
-    elif mode == "fused":
+    elif mode in ("fused", "fused_compiled"):
         records = execute_fused(cfgs)
     elif mode == "packed":
         procs = [subprocess.Popen([sys.executable, "-m", "harness.run", *r, f"hydra.run.dir={out}/logs/{i}"], cwd=ROOT,

@@ -78,7 +78,7 @@ def test_a_model_that_cannot_be_compiled_falls_back_to_eager_and_says_why(monkey
     eager, _ = losses(make_config(*STEP_RUN))
     fallen, info = losses(make_config(*STEP_RUN, "train.compile=compile"))
     assert info["ran"] == "eager" and info["fallback_step"] == 0 and "refuses the graph" in info["why"]
-    # padded batches from the first step on: the same losses as eager up to rounding
+    # eager (unpadded) from the failed first step on: the same losses as a plain eager run
     torch.testing.assert_close(torch.tensor(fallen), torch.tensor(eager), rtol=1e-5, atol=0)
 
 
