@@ -3,6 +3,7 @@ process with the same records (ids, curves, final metrics) as the runs made alon
 from __future__ import annotations
 
 import pytest
+import torch
 
 from harness.run.execute import execute
 from harness.run.fused import execute_fused, fusion_groups
@@ -19,33 +20,56 @@ def curve_values(record: dict) -> list[dict]:
     return [{k: v for k, v in point.items() if k not in TIMING} for point in record["curve"]]
 
 
-def assert_same_metrics(fused: dict, alone: dict) -> None:
+def assert_same_metrics(fused: dict, alone: dict, rtol: float = RTOL) -> None:
     assert fused["id"] == alone["id"] and fused["status"] == alone["status"] == "ok"
     assert fused["final"].keys() == alone["final"].keys()
     for key, value in alone["final"].items():
         if key not in TIMING and isinstance(value, float):
-            assert fused["final"][key] == pytest.approx(value, rel=RTOL), key
+            assert fused["final"][key] == pytest.approx(value, rel=rtol), key
     assert len(fused["curve"]) == len(alone["curve"])
     for a, b in zip(curve_values(fused), curve_values(alone)):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=RTOL)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rtol)
         assert a["eval"].keys() == b["eval"].keys()
         for name in a["eval"]:
-            assert a["eval"][name] == pytest.approx(b["eval"][name], rel=RTOL), name
+            assert a["eval"][name] == pytest.approx(b["eval"][name], rel=rtol), name
         assert a["tokens"] == b["tokens"] and a["train_flops"] == b["train_flops"]
 
 
-def test_fused_members_get_the_records_of_the_runs_made_alone(tmp_path):
-    common = (*TINY, "mixer=attention", "mixer.heads=2", "train.threads=1")
+# copy, and an MQAR mixture (its task draws each batch's setting from a generator it keeps per data generator)
+TASKS = {"copy": TINY,
+         "mqar": ("task=mqar", "task.vocab_size=64", "task.train_settings=[[16,2],[32,4]]", "task.train_weights=[1,1]",
+                  "task.test_settings=[[16,2],[32,4]]", "task.eval_samples=4", "train.steps=4", "train.eval_every=2",
+                  "train.warmup_steps=1", "model.d_model=16")}
+
+
+def check_fused_equals_alone(tmp_path, common: tuple[str, ...], rtol: float) -> None:
     fused_cfgs = [make_config(*common, *m, results_dir=tmp_path / "fused") for m in MEMBERS]
     alone = [execute(make_config(*common, *m, results_dir=tmp_path / "alone")) for m in MEMBERS]
     fused = execute_fused(fused_cfgs)
     for f, a in zip(fused, alone):
-        assert_same_metrics(f, a)
+        assert_same_metrics(f, a, rtol)
         assert f["fused"]["method"] == "loop" and f["fused"]["members"] == [r["id"] for r in alone]
         assert "fused" not in a
     # written where execute writes, so that a rerun of either kind skips them
     again = execute(fused_cfgs[1])
     assert again["id"] == fused[1]["id"] and "fused" in again
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_fused_members_get_the_records_of_the_runs_made_alone(tmp_path, task):
+    check_fused_equals_alone(tmp_path, (*TASKS[task], "mixer=attention", "mixer.heads=2", "train.threads=1"), RTOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("step", ["none", "cuda_graph"])
+def test_fused_members_on_the_gpu_get_the_records_of_the_runs_made_alone(tmp_path, task, step):
+    """On CUDA MQAR draws each step's setting from a CPU generator it keeps per data generator: the
+    members of different seeds need task objects of their own. fp32; rel 1e-4 (atomics in some
+    CUDA backward kernels may sum in another order)."""
+    check_fused_equals_alone(tmp_path, (*TASKS[task], "mixer=attention", "mixer.heads=2", "device=cuda",
+                                        "train.precision=fp32", f"train.compile={step}"), 1e-4)
 
 
 def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
