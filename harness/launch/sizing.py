@@ -81,7 +81,10 @@ def probe(cfg: dict, steps: int, device: torch.device) -> dict:
 
 def size(cfgs: list[dict], sizing: dict, device: torch.device) -> dict:
     """Probe the largest of ``cfgs`` (``declared_bytes``) and size ``jobs_per_gpu`` from it; what was decided and why."""
-    largest = max(cfgs, key=declared_bytes)
+    from harness.run.fused import fusion_key  # runs that differ in lr, weight decay or seed need the same memory
+
+    distinct = list({fusion_key(c): c for c in cfgs}.values())
+    largest = max(distinct, key=declared_bytes)
     measured = probe(largest, sizing["probe_steps"], device)
     total = torch.cuda.get_device_properties(device).total_memory
     fit = jobs_that_fit(measured["peak_bytes"], total, measured["utilisation"], sizing["max_jobs"],
