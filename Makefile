@@ -10,13 +10,15 @@ REPORT_ARGS = $(filter results_dir=%,$(ARGS))
 # Launcher overrides for this machine (harness/launch/profile.py): on a CPU-only machine one single-threaded
 # process per core and the CPU-sized mixer list; with several GPUs one process per GPU; with one GPU
 # runs one after another. Evaluated after `setup`, when .venv exists.
+# With CUDA the sweep (after --) is probed for how many runs share a GPU (harness/launch/sizing.py;
+# ARGS="gpu.jobs_per_gpu=1" keeps one run per GPU).
 CPU_MIXERS ?= mamba,hyena,tmm,attention
-LAUNCH      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS))
+launch      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS) -- $(1) $(ARGS))
 # The recall, ICL and LM benchmarks have CPU-sized experiment variants (conf/experiment/*_cpu.yaml).
 SIZE        = $(shell $(PY) -m harness.launch --suffix)
 
 .PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
-        scaling-benchmark generation-benchmark overhead-benchmark report clean
+        scaling-benchmark generation-benchmark overhead-benchmark throughput-benchmark report clean
 
 help:  ## this list
 	@grep -E '^[a-z][a-zA-Z_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
@@ -38,14 +40,14 @@ test: setup  ## the test suite (GPU tests skip without CUDA)
 # The copy benchmarks: every mixer x protocols x seeds, sized for the machine (conf/train/cpu.yaml, or
 # conf/train/gpu.yaml when CUDA is present), then the report.
 copy-benchmark selective-copy-benchmark: %-benchmark: setup  ## copy / selective copy: every mixer, length generalisation
-	$(PY) -m harness.run --multirun +experiment=$(subst -,_,$*)_benchmark $(LAUNCH) $(ARGS)
+	$(PY) -m harness.run --multirun +experiment=$(subst -,_,$*)_benchmark $(call launch,+experiment=$(subst -,_,$*)_benchmark) $(ARGS)
 	$(PY) -m harness.report --benchmark $(subst -,_,$*)_benchmark $(REPORT_ARGS)
 
 # Multi-query associative recall (Zoology), in-context learning (regression, automata), language
 # modelling on local text at matched parameter counts: freeze the evaluation sets, sweep, report.
 recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup  ## MQAR, in-context learning, language modelling
 	$(PY) -m harness.freeze_eval +experiment=$*_benchmark$(SIZE) $(ARGS)
-	$(PY) -m harness.run --multirun +experiment=$*_benchmark$(SIZE) $(LAUNCH) $(ARGS)
+	$(PY) -m harness.run --multirun +experiment=$*_benchmark$(SIZE) $(call launch,+experiment=$*_benchmark$(SIZE)) $(ARGS)
 	$(PY) -m harness.report --benchmark $*_benchmark $(REPORT_ARGS)
 
 scaling-benchmark: setup  ## forward + backward time and memory against sequence length (conf/scaling/)
@@ -56,6 +58,9 @@ generation-benchmark: setup  ## prefill and per-token decode throughput through 
 
 overhead-benchmark: setup  ## what the harness adds to a run (start-up, data, logging, evaluation) against pure training
 	$(PY) -m harness.bench.overhead $(ARGS)
+
+throughput-benchmark: setup  ## ms per step and runs per hour: sequential, packed, compiled, fused (conf/throughput.yaml)
+	$(PY) -m harness.bench.throughput $(ARGS)
 
 report: setup  ## every benchmark's tables and plots from its records (ARGS="results_dir=D" for another folder)
 	$(PY) -m harness.report --all $(REPORT_ARGS)

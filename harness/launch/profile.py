@@ -7,8 +7,10 @@ what follows from it for the command line.
 - ``with_profile(argv, group)``: ``<group>=gpu|cpu`` (``train``, ``scaling``, ``generation``) unless
   the command line chose one; a Slurm launch trains at the ``gpu`` profile (its jobs run on GPU nodes).
 - ``overrides``: no CUDA: one single-threaded process per core (hydra-joblib-launcher), plus the
-  given overrides (the Makefile passes the CPU-sized mixer list); one GPU: nothing (runs one after
-  another on it); several GPUs: one process per GPU (conf/hydra/launcher/gpu_parallel.yaml).
+  given overrides (the Makefile passes the CPU-sized mixer list); with CUDA: as many processes per
+  GPU as fit (``harness.launch.sizing``, probed on the sweep given after ``--``; several GPUs or more
+  than one run per GPU go through conf/hydra/launcher/gpu_parallel.yaml, with ``concurrent_runs``
+  recorded); one run per GPU when the sweep names ``gpu.jobs_per_gpu`` or a launcher itself.
 """
 from __future__ import annotations
 
@@ -38,11 +40,33 @@ def suffix() -> str:
     return "" if hardware() == "gpu" else "_cpu"
 
 
-def overrides(cpu_only: list[str]) -> list[str]:
+def overrides(cpu_only: list[str], sweep: list[str] | None = None) -> list[str]:
+    """Launcher overrides for this machine; ``sweep``: the sweep's own overrides (``+experiment=...``
+    and the user's), which the GPU sizing probes and which are not echoed."""
     if hardware() == "cpu":
         cores = os.cpu_count() or 1
         return ["hydra/launcher=cpu_parallel", f"hydra.launcher.n_jobs={cores}", f"concurrent_runs={cores}",
                 "train.threads=1", *cpu_only]
-    if torch.cuda.device_count() > 1:
-        return ["hydra/launcher=gpu_parallel"]
-    return []
+    sweep = sweep or []
+    asked = next((a.split("=", 1)[1] for a in sweep if a.startswith("gpu.jobs_per_gpu=")), None)
+    if any(a.startswith("hydra/launcher=") for a in sweep):
+        return []  # the sweep chose how it launches
+    per_gpu = int(asked) if asked is not None else (packed_jobs(sweep) if sweep else 1)
+    if torch.cuda.device_count() == 1 and per_gpu == 1:
+        return []
+    shared = [] if asked is not None else [f"gpu.jobs_per_gpu={per_gpu}"]
+    caveat = [f"concurrent_runs={per_gpu}"] if per_gpu > 1 and not any(a.startswith("concurrent_runs=") for a in sweep) else []
+    return ["hydra/launcher=gpu_parallel", *shared, *caveat]
+
+
+def packed_jobs(sweep: list[str]) -> int:
+    """Runs per GPU for the sweep ``sweep`` (``harness.launch.sizing``); 1 when the probe fails."""
+    import logging
+
+    from harness.launch.sizing import sweep_jobs_per_gpu  # imports the run pipeline: only when sizing
+
+    try:
+        return sweep_jobs_per_gpu(with_profile(["harness.launch", *sweep], "train")[1:])
+    except Exception as err:  # noqa: BLE001 - a probe that cannot run leaves the safe default
+        logging.getLogger("mixbench").warning("sizing: probe failed (%s: %s); one run per GPU", type(err).__name__, err)
+        return 1

@@ -17,6 +17,7 @@ from harness.run import fields as F
 from harness.run.faults import is_out_of_memory
 from harness.run.matching import MatchError, match_parameters
 from harness.run.model import POSITIONS, SequenceModel
+from harness.run.step import COMPILE_MODES
 from harness.run.train import EXEMPTION_RULES, TrainConfig
 import mixers
 import tasks
@@ -95,7 +96,7 @@ class Fields:
 
 # The run config's schema, group by group; the mixer's and the task's options are typed by their
 # constructors' signatures (``mixers.options_of``, ``tasks.options_of``).
-SCHEMA = {"gpu": Fields(GPU), "model": Fields(MODEL, MODEL_OPTIONAL), "train": Fields.of(TrainConfig)}
+SCHEMA = {"gpu": Fields(GPU, {"sizing": dict}), "model": Fields(MODEL, MODEL_OPTIONAL), "train": Fields.of(TrainConfig)}
 SCHEMA["config"] = Fields({**TOP_LEVEL, "mixer": Fields({}), "task": Fields({}), "model": SCHEMA["model"],
                            "train": SCHEMA["train"]})
 
@@ -188,6 +189,7 @@ def make_train_config(train_cfg: dict) -> TrainConfig:
     _check(tc.eval_batch_size >= 1, "train.eval_batch_size", f"must be an integer >= 1, got {tc.eval_batch_size}")
     _check(tc.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
     _check(tc.threads is None or tc.threads >= 1, "train.threads", f"must be null or an integer >= 1, got {tc.threads}")
+    _check(tc.compile in COMPILE_MODES, "train.compile", f"must be one of {', '.join(COMPILE_MODES)}, got {tc.compile!r}")
     return tc
 
 
@@ -237,6 +239,9 @@ def validate(cfg: dict, check_device: bool = True) -> tuple[Task, TrainConfig]:
     _check(device is None or device.type == "cuda" or train_cfg.precision != "bf16", "train.precision",
            f"bf16 runs as CUDA autocast, but this run's device is {device} (device={cfg['device']}); "
            "set train.precision=fp32 (or run on a GPU)")
+    _check(device is None or device.type == "cuda" or train_cfg.compile != "cuda_graph", "train.compile",
+           f"cuda_graph captures CUDA kernels, but this run's device is {device} (device={cfg['device']}); "
+           "set train.compile=compile or none (or run on a GPU)")
     check_model_fields(cfg["model"])
     check_mixer_fields(cfg["mixer"])
     return task, train_cfg

@@ -78,6 +78,29 @@ def evaluation_sets(cfg: dict, task) -> tuple[dict, dict]:
                   "sha256": {name: frozen.digest(batch) for name, batch in sets.items()}}
 
 
+def start_record(cfg: dict, task, model, eval_info: dict, env: dict) -> dict:
+    """A run's record before it trains: what ran (config, backend, parameters, FLOPs, evaluation sets,
+    environment); ``execute`` and ``harness.run.fused`` add the outcome."""
+    return {
+        "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
+        "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
+        "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
+        "matching": model.matching, "eval_sets": eval_info,
+        "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def fault_record_fields(err: BaseException, cfg: dict, train_cfg, task, record: dict, device: torch.device) -> dict:
+    """The fields of a run that raised while training: ``oom`` with its sizes, or ``failed`` with the
+    traceback (call it inside the ``except``)."""
+    if is_out_of_memory(err):
+        sizes = {"batch_size": train_cfg.batch_size, "eval_batch_size": train_cfg.eval_batch_size,
+                 "max_input_len": task.max_input_len(), "d_model": cfg["model"]["d_model"],
+                 "n_layers": cfg["model"]["n_layers"], "params": record["params"]["total"]}
+        return oom_fields(err, sizes, device)
+    return failed_fields(err)
+
+
 def execute(cfg: dict, part: Part = untimed) -> dict:
     """Run one resolved configuration and return its record (also written to disk).
 
@@ -105,13 +128,7 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
             torch.set_num_threads(train_cfg.threads)
         with part("environment"):
             env = {**environment(device), **gpu_facts}
-        record = {
-            "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
-            "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
-            "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
-            "matching": model.matching, "eval_sets": eval_info,
-            "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        record = start_record(cfg, task, model, eval_info, env)
         log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
                  f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
         try:
@@ -132,13 +149,7 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
         except Diverged as err:
             record.update(status="diverged", diverged_step=err.step, error=str(err))
         except Exception as err:  # recorded, and the sweep goes on
-            if is_out_of_memory(err):
-                sizes = {"batch_size": train_cfg.batch_size, "eval_batch_size": train_cfg.eval_batch_size,
-                         "max_input_len": task.max_input_len(), "d_model": cfg["model"]["d_model"],
-                         "n_layers": cfg["model"]["n_layers"], "params": record["params"]["total"]}
-                record.update(oom_fields(err, sizes, device))
-            else:
-                record.update(failed_fields(err))
+            record.update(fault_record_fields(err, cfg, train_cfg, task, record, device))
         model = None  # free the device before the next job of this process  # noqa: F841
         record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         with part("write"):

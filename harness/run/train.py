@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from harness.run.memory import PeakMemory
+from harness.run.step import StepRunner
 from mixers.base import Mixer, conventional_exemptions
 from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
 
@@ -56,6 +57,7 @@ class TrainConfig:
     precision: str
     threads: int | None = None
     progress: bool = True
+    compile: str = "none"  # none | compile | cuda_graph (harness.run.step)
 
 
 @dataclass
@@ -128,9 +130,10 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def autocast_context(device: torch.device, precision: str):
+def autocast_context(device: torch.device, precision: str, cache_enabled: bool = True):
+    """bf16 autocast on CUDA when asked; ``cache_enabled=False`` inside a CUDA graph capture."""
     if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 
@@ -152,10 +155,14 @@ def train_step(model: nn.Module, task: Task, batch: Batch, optimizer: torch.opti
     return loss
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over ``param_groups`` (fused on CUDA)."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.weight_decay_exempt), lr=cfg.lr, betas=tuple(cfg.betas),
-                             fused=device.type == "cuda")
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups`` (fused on CUDA; ``capturable``: foreach with its state on the
+    device, which a CUDA graph can capture)."""
+    groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_exempt)
+    if capturable:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=True, capturable=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
 
 
 @torch.no_grad()
@@ -199,68 +206,104 @@ def progress_bar(enabled: bool) -> Progress:
                     disable=not enabled, transient=False)
 
 
+class Trainer:
+    """One model's training: its optimiser, its step (``train.compile``: ``harness.run.step``), its
+    evaluations, clocks and measurements. ``step(i, batch, data_s)`` trains on step ``i``'s batch
+    (``data_s``: the seconds its batch took to draw, counted in this model's training time);
+    ``result()`` gives what its record carries. ``train`` drives one; ``harness.run.fused`` drives
+    several in lockstep on the same batches, each exactly as ``train`` would."""
+
+    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device,
+                 eval_sets: dict[str, Batch] | None = None, part: Part = untimed):
+        self.model, self.task, self.cfg, self.device, self.part = model, task, cfg, device, part
+        self.eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
+        self.optimizer = make_optimizer(model, cfg, device, capturable=cfg.compile == "cuda_graph")
+        base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.runner = StepRunner(cfg.compile, model, task, self.optimizer, base_lrs,
+                                 lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio), cfg.grad_clip,
+                                 lambda: autocast_context(device, cfg.precision, cfg.compile != "cuda_graph"), device)
+        self.result_ = TrainResult()
+        self.memory = PeakMemory(device)
+        self.memory.start()
+        self.train_time = self.eval_time = 0.0
+        self.tokens = 0
+        self.loss_window: list[torch.Tensor] = []
+        self.started = time.perf_counter()
+        self.status = ""
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step(self, step: int, batch: Batch, data_s: float = 0.0) -> None:
+        """Train on ``batch`` (step ``step``, 0-based), evaluate when due; raises ``Diverged``."""
+        cfg, result = self.cfg, self.result_
+        t0 = time.perf_counter() - data_s
+        loss = self.runner(batch, step)
+        if step == 0:  # weights, their gradients and the optimizer state: the static part
+            self.memory.mark_static()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_window.append(loss)
+        batch_size, length = batch.inputs.shape[:2]
+        self.tokens += batch_size * length
+        result.train_flops += self.model.step_flops(batch_size, length)
+        result.steps_done = step + 1
+        last = step + 1 == cfg.steps
+        if not ((step + 1) % cfg.eval_every == 0 or last):
+            self.train_time += time.perf_counter() - t0
+            return
+        window = torch.stack(self.loss_window).float().cpu()  # one device sync per evaluation
+        self.loss_window.clear()
+        bad = (~torch.isfinite(window)).nonzero()
+        if len(bad):
+            raise Diverged(step + 2 - len(window) + int(bad[0]), float(window[bad[0]]))
+        train_loss = float(window.mean())
+        self.sync()
+        self.train_time += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        # the learning curve needs the in-distribution sets; the rest (length generalisation) at the end
+        task = self.task
+        sets = self.eval_sets if last else {k: v for k, v in self.eval_sets.items() if task.in_distribution(k)}
+        with self.part("evaluate"):
+            per_set = evaluate(self.model, task, sets, cfg.eval_batch_size, self.device, cfg.precision)
+        self.eval_time += time.perf_counter() - t1
+        point = {"step": step + 1, "tokens": self.tokens, "train_flops": result.train_flops,
+                 "train_time_s": self.train_time, "wall_s": time.perf_counter() - self.started,
+                 "train_loss": train_loss, **summarise(task, per_set), "eval": per_set}
+        result.curve.append(point)
+        metric = next((k for k in ("accuracy_in", "error_in", "tvd_in") if k in point), None)
+        self.status = f"loss {train_loss:.3f}" + (f" {metric} {point[metric]:.3f}" if metric else "")
+
+    def result(self) -> TrainResult:
+        result = self.result_
+        result.final = {k: v for k, v in result.curve[-1].items() if k not in ("step",)}
+        result.timing = {"wall_s": time.perf_counter() - self.started, "train_s": self.train_time,
+                         "eval_s": self.eval_time}
+        result.throughput = {"train_tokens": self.tokens, "tokens_per_s": self.tokens / max(self.train_time, 1e-9),
+                             "step": self.runner.info}
+        result.memory = self.memory.read()
+        return result
+
+
+def draw_batch(task: Task, step: int, batch_size: int, generator: torch.Generator, part: Part = untimed) -> Batch:
+    """Step ``step``'s training batch from ``generator`` (the task told the step first: curricula)."""
+    task.set_step(step)
+    with part("batches"):
+        return task.train_batch(batch_size, generator)
+
+
 def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
           description: str = "train", eval_sets: dict[str, Batch] | None = None, part: Part = untimed) -> TrainResult:
     """Train ``model`` on ``task`` and evaluate on ``eval_sets`` (the task's own when None, e.g. the
-    frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite loss."""
-    result = TrainResult()
-    eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
-    optimizer = make_optimizer(model, cfg, device)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    memory = PeakMemory(device)
-    memory.start()
-    train_time = eval_time = 0.0
-    tokens = 0
-    loss_window: list[torch.Tensor] = []
-    started = time.perf_counter()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite loss. The
+    record's ``throughput.step`` says how the step ran (``train.compile``, ``harness.run.step``)."""
+    trainer = Trainer(model, task, cfg, device, eval_sets, part)
     with progress_bar(cfg.progress) as bar:
         job = bar.add_task(description, total=cfg.steps, status="")
         for step in range(cfg.steps):
             t0 = time.perf_counter()
-            task.set_step(step)  # tasks with a curriculum follow the training step
-            with part("batches"):
-                batch = task.train_batch(cfg.batch_size, generator)
-            loss = train_step(model, task, batch, optimizer, base_lrs, step, cfg, device)
-            if step == 0:  # weights, their gradients and the optimizer state: the static part
-                memory.mark_static()
-            optimizer.zero_grad(set_to_none=True)
-            loss_window.append(loss.detach())
-            batch_size, length = batch.inputs.shape[:2]
-            tokens += batch_size * length
-            result.train_flops += model.step_flops(batch_size, length)
-            result.steps_done = step + 1
-            last = step + 1 == cfg.steps
-            if (step + 1) % cfg.eval_every == 0 or last:
-                window = torch.stack(loss_window).float().cpu()  # one device sync per evaluation
-                loss_window.clear()
-                bad = (~torch.isfinite(window)).nonzero()
-                if len(bad):
-                    raise Diverged(step + 2 - len(window) + int(bad[0]), float(window[bad[0]]))
-                train_loss = float(window.mean())
-                sync()
-                train_time += time.perf_counter() - t0
-                t1 = time.perf_counter()
-                # the learning curve needs the in-distribution sets; the rest (length generalisation) at the end
-                sets = eval_sets if last else {k: v for k, v in eval_sets.items() if task.in_distribution(k)}
-                with part("evaluate"):
-                    per_set = evaluate(model, task, sets, cfg.eval_batch_size, device, cfg.precision)
-                eval_time += time.perf_counter() - t1
-                point = {"step": step + 1, "tokens": tokens, "train_flops": result.train_flops,
-                         "train_time_s": train_time, "wall_s": time.perf_counter() - started,
-                         "train_loss": train_loss, **summarise(task, per_set), "eval": per_set}
-                result.curve.append(point)
-                metric = next((k for k in ("accuracy_in", "error_in", "tvd_in") if k in point), None)
-                bar.update(job, status=f"loss {train_loss:.3f}" + (f" {metric} {point[metric]:.3f}" if metric else ""))
-            else:
-                train_time += time.perf_counter() - t0
+            batch = draw_batch(task, step, cfg.batch_size, generator, part)
+            trainer.step(step, batch, data_s=time.perf_counter() - t0)
+            bar.update(job, status=trainer.status)
             bar.advance(job)
-    result.final = {k: v for k, v in result.curve[-1].items() if k not in ("step",)}
-    result.timing = {"wall_s": time.perf_counter() - started, "train_s": train_time, "eval_s": eval_time}
-    result.throughput = {"train_tokens": tokens, "tokens_per_s": tokens / max(train_time, 1e-9)}
-    result.memory = memory.read()
-    return result
+    return trainer.result()

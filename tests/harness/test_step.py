@@ -1,0 +1,113 @@
+"""How a training step runs (``train.compile``): padding to buckets keeps the loss, ``compile`` trains
+as eager does, a model that cannot be compiled falls back to eager and says so, CUDA graphs on GPU."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from harness.run.config import ConfigError, make_model, validate
+from harness.run.execute import execute
+from harness.run.records import run_id
+from harness.run.step import bucket_length, pad_batch
+from harness.run.train import train
+from tests.harness.helpers import TINY, make_config
+
+# copy draws batches of varying width on CPU: padding and buckets are exercised
+STEP_RUN = ("mixer=attention", "mixer.heads=2", "train.steps=6", "train.eval_every=3", "train.warmup_steps=1",
+            "task.max_train_len=6", "task.eval_lengths=[6]", "task.eval_samples=8", "model.d_model=16",
+            "model.n_layers=1", "train.batch_size=8")
+# compiled kernels sum in another order: losses agree to this relative tolerance (measured: about 1e-6)
+COMPILE_RTOL = 1e-4
+
+
+def losses(cfg: dict, device=torch.device("cpu")) -> tuple[list[float], dict]:
+    task, train_cfg = validate(cfg)
+    torch.manual_seed(cfg["seed"])
+    model = make_model(cfg["model"], cfg["mixer"], task).to(device)
+    result = train(model, task, train_cfg, device, torch.Generator(device=device).manual_seed(cfg["seed"]))
+    return [p["train_loss"] for p in result.curve] + [result.final["loss_all"]], result.throughput["step"]
+
+
+def test_bucket_length_is_the_next_power_of_two_capped_at_the_longest():
+    assert [bucket_length(n, 13) for n in (1, 2, 3, 5, 8, 9, 13)] == [1, 2, 4, 8, 8, 13, 13]
+    assert bucket_length(20, 13) == 20  # never shorter than the batch
+
+
+def test_padding_at_the_end_keeps_the_loss_and_the_gradients(generator):
+    cfg = make_config(*STEP_RUN)
+    task, _ = validate(cfg)
+    torch.manual_seed(0)
+    model = make_model(cfg["model"], cfg["mixer"], task)
+    longest = task.max_train_input_len()
+    batch = next(b for b in (task.train_batch(2, generator) for _ in range(50)) if b.inputs.shape[1] < longest)
+    padded = pad_batch(batch, longest)
+    assert padded.inputs.shape[1] == longest and not padded.mask[:, batch.inputs.shape[1]:].any()
+    grads = []
+    for b in (batch, padded):
+        model.zero_grad()
+        loss = task.loss(model(b.inputs), b)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MIXBENCH_SLOW"), reason="inductor compiles for minutes on 2 shared CPU "
+                    "cores (about 3 min measured); MIXBENCH_SLOW=1 runs it")
+def test_compile_trains_as_eager_does():
+    """torch.compile of forward + loss on a tiny attention model: the same losses as eager within
+    COMPILE_RTOL at every evaluation, and the record says compile ran (passed; about 3 min on 2 shared
+    CPU cores, almost all of it inductor compiling one graph per bucket)."""
+    eager, eager_info = losses(make_config(*STEP_RUN))
+    compiled, info = losses(make_config(*STEP_RUN, "train.compile=compile"))
+    assert eager_info == {"asked": "none", "ran": "none", "buckets": []}
+    assert info["asked"] == "compile" and info["ran"] == "compile", info
+    assert set(info["buckets"]) <= {4, 8, 13} and info["buckets"]
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=COMPILE_RTOL, atol=0)
+
+
+def test_a_model_that_cannot_be_compiled_falls_back_to_eager_and_says_why(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this backend refuses the graph")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: refuse)
+    eager, _ = losses(make_config(*STEP_RUN))
+    fallen, info = losses(make_config(*STEP_RUN, "train.compile=compile"))
+    assert info["ran"] == "eager" and info["fallback_step"] == 0 and "refuses the graph" in info["why"]
+    # eager (unpadded) from the failed first step on: the same losses as a plain eager run
+    torch.testing.assert_close(torch.tensor(fallen), torch.tensor(eager), rtol=1e-5, atol=0)
+
+
+def test_compile_mode_is_checked_and_none_keeps_record_ids():
+    with pytest.raises(ConfigError, match=r"train\.compile: must be one of none, compile, cuda_graph"):
+        validate(make_config(*TINY, "train.compile=graphs"))
+    with pytest.raises(ConfigError, match=r"train\.compile: cuda_graph captures CUDA kernels"):
+        validate(make_config(*TINY, "train.compile=cuda_graph", "device=cpu"))
+    cfg = make_config(*TINY)
+    old = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "compile"}}
+    assert run_id(cfg) == run_id(old)
+    assert run_id(make_config(*TINY, "train.compile=compile")) != run_id(cfg)
+
+
+def test_the_record_says_how_the_step_ran(tmp_path):
+    record = execute(make_config(*TINY, results_dir=tmp_path))
+    assert record["throughput"]["step"] == {"asked": "none", "ran": "none", "buckets": []}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mixer", ["attention", "tmm"])
+def test_cuda_graph_trains_as_eager_does(mixer):
+    """The whole step as a CUDA graph (fp32, so that rounding stays small): the same losses as eager
+    within 1e-3 relative, and the record says the graph ran."""
+    run = (*STEP_RUN[1:], f"mixer={mixer}", "device=cuda", "train.precision=fp32", "train.steps=12",
+           "train.eval_every=4")
+    run = tuple(a for a in run if not (mixer != "attention" and a.startswith("mixer.heads")))
+    eager, _ = losses(make_config(*run), torch.device("cuda"))
+    graphed, info = losses(make_config(*run, "train.compile=cuda_graph"), torch.device("cuda"))
+    assert info["ran"] == "cuda_graph", info
+    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-3, atol=0)
