@@ -78,6 +78,16 @@ def evaluation_sets(cfg: dict, task) -> tuple[dict, dict]:
                   "sha256": {name: frozen.digest(batch) for name, batch in sets.items()}}
 
 
+def prompt_state_bits(model, sets: dict) -> dict[str, float] | None:
+    """Bits of decoding state (all layers, 32 per value: ``SequenceModel.state_bits``) after each
+    evaluation set's prompt, the tokens up to its first scored position (copy: ``[BOS] s [SEP]``),
+    for the copy report's memory bound; None when a mixer does not say its state size."""
+    try:
+        return {name: model.state_bits(int(batch.mask.float().argmax(1).max()) + 1) for name, batch in sets.items()}
+    except NotImplementedError:
+        return None
+
+
 def execute(cfg: dict, part: Part = untimed) -> dict:
     """Run one resolved configuration and return its record (also written to disk).
 
@@ -109,7 +119,7 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
             "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
             "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
             "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
-            "matching": model.matching, "eval_sets": eval_info,
+            "matching": model.matching, "eval_sets": eval_info, "state_bits": prompt_state_bits(model, sets),
             "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
