@@ -117,7 +117,7 @@ def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> l
             values = [[r["final"]["eval"][n][metric] for r in group] for n in names]
             mean = [sum(a) / len(a) for a in values]
             color = colors[mixer]
-            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} (mean of {len(group)} seeds)")
+            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} (mean of {len(group)} seeds)" if len(group) > 1 else f"{mixer} (1 seed)")
             for j in range(len(group)):  # every seed, thin: a bimodal outcome stays visible
                 ax.plot(lengths, [a[j] for a in values], color=color, linewidth=0.8, alpha=0.5, linestyle="--")
             all_lengths.update(lengths)
@@ -161,8 +161,9 @@ def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[P
         ax.set_ylabel("eval loss, in-distribution lengths")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")
-    fig.axes[-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    legend_outside(fig)
     return save_figure(fig, out_dir, "loss_vs_flops")
 
 
@@ -212,8 +213,9 @@ def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[
         ax.set_ylabel("final eval loss, in-distribution")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")
-    fig.axes[-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    legend_outside(fig)
     return save_figure(fig, out_dir, "loss_vs_memory")
 
 
