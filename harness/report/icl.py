@@ -39,15 +39,20 @@ from harness.run import eval_sets as frozen
 
 TASKS = ("icl_regression", "icl_language")  # the tasks whose runs this module reports
 PLATEAU = 0.9  # a seed left the zero-predictor plateau if its error at the largest k is below PLATEAU x zero's
-BASELINES = (("lsq", "least squares", "--"), ("avg", "averaging", (0, (5, 1, 1, 1))),
-             ("knn", "3-nearest neighbours", "-."), ("gd", "one-step gradient descent", ":"),
-             ("zero", "zero predictor", (0, (1, 1))))  # (metric prefix, name, line style)
+BASELINES = (("lsq", "least squares", "--", ""), ("avg", "averaging", "-.", "s"),
+             ("knn", "3-nearest neighbours", (0, (5, 2)), "^"), ("gd", "one-step gradient descent", ":", "v"),
+             ("zero", "zero predictor", (0, (1, 1)), "x"))  # (metric prefix, name, line style, marker)
+CURRICULUM = "task.curriculum"
 NGRAM_ORDERS = (1, 2, 3, 4)
 
 
 def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
     """``(mixer, other varying settings) -> runs`` (seeds together)."""
     extra = [k for k in varying_keys(records) if k != "task.name"]
+    # the curriculum's schedule only where it differs between runs that use a curriculum
+    scheduled = [r for r in records if flatten(r["config"]).get(CURRICULUM) is True]
+    extra = [k for k in extra if not k.startswith(CURRICULUM + "_") or
+             len({repr(flatten(r["config"]).get(k)) for r in scheduled}) > 1]
     out: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         flat = flatten(r["config"])
@@ -94,9 +99,9 @@ def regression_report(records: list[dict], header: str, title: str, out_dir: Pat
         row["left plateau"] = f"{sum(left_plateau(r, n_points) for r in ok)}/{len(ok)}" if ok else "-"
         rows.append(row)
     # the baselines are the same for every run (the prompts are the same); older records lack some
-    baselines = [(prefix, name, style) for prefix, name, style in BASELINES
+    baselines = [(prefix, name, style, marker) for prefix, name, style, marker in BASELINES
                  if ok_all and f"{prefix}_k0" in ok_all[0]["final"]["eval"]["prompts"]]
-    for prefix, name, _ in baselines:
+    for prefix, name, _, _ in baselines:
         values = curve(ok_all[0], prefix, n_points)
         rows.append({"mixer": f"({name})", **{f"err/d k={k}": f"{values[k]:.3f}" for k in marks},
                      "err/d mean over k": f"{mean(values):.3f}"})
@@ -119,9 +124,9 @@ def regression_report(records: list[dict], header: str, title: str, out_dir: Pat
         if len(ok) > 1:
             ax.fill_between(ks, [min(c[k] for c in curves) for k in ks], [max(c[k] for c in curves) for k in ks],
                             color=colors[label(key, extra)], alpha=0.2)
-    for prefix, name, style in baselines:
-        ax.plot(ks, curve(ok_all[0], prefix, n_points), linestyle=style, color="0.1" if prefix == "lsq" else "0.45",
-                linewidth=1.2, label=name, zorder=3)
+    for prefix, name, style, marker in baselines:
+        ax.plot(ks, curve(ok_all[0], prefix, n_points), linestyle=style, marker=marker or None, markersize=3.5,
+                color="0.1" if prefix == "lsq" else "0.45", linewidth=1.2, label=name, zorder=3)
     ax.axvline(d, color="0.85", zorder=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("in-context examples")
@@ -252,7 +257,7 @@ def describe(records: list[dict]) -> str:
     train, model = r["config"]["train"], r["config"]["model"]
     task = r["task_summary"]
     if r["config"]["task"]["name"] == "icl_regression":
-        names = dict((prefix, name) for prefix, name, _ in BASELINES)
+        names = {prefix: name for prefix, name, _, _ in BASELINES}
         baselines = ", ".join(names[b] for b in task.get("baselines", ["lsq", "zero"]) if b in names)
         what = (f"In-context linear regression (Garg et al. 2022): d = {task['n_dims']}, {task['n_points']} examples per "
                 f"prompt, noise std {task['noise_std']}; squared error / d on the same evaluation prompts for every "
