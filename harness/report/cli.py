@@ -38,7 +38,8 @@ def task_reports() -> dict[str, object]:
 
 
 def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> list[Path]:
-    """Write every table and plot of ``benchmark``, one folder per training profile."""
+    """Write every table and plot of ``benchmark``, one folder per training profile; records written
+    before a config key was added compare at its default (``kit.with_added_defaults``)."""
     written = []
     reports = task_reports()
     by_profile: dict[str, list[dict]] = defaultdict(list)
