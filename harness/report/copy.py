@@ -117,7 +117,8 @@ def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> l
             values = [[r["final"]["eval"][n][metric] for r in group] for n in names]
             mean = [sum(a) / len(a) for a in values]
             color = colors[mixer]
-            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} (mean of {len(group)} seeds)" if len(group) > 1 else f"{mixer} (1 seed)")
+            seeds = f"mean of {len(group)} seeds" if len(group) > 1 else "1 seed"
+            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} ({seeds})")
             for j in range(len(group)):  # every seed, thin: a bimodal outcome stays visible
                 ax.plot(lengths, [a[j] for a in values], color=color, linewidth=0.8, alpha=0.5, linestyle="--")
             all_lengths.update(lengths)

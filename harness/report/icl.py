@@ -195,7 +195,8 @@ def language_report(records: list[dict], header: str, title: str, out_dir: Path)
                      "runs": status_note(runs),
                      "accuracy per sequence (%)": mean_std([s["accuracy"] for s in scores], 1, 100),
                      "accuracy per token (%)": mean_std(per_token, 1, 100) if len(per_token) == len(scores) else "-",
-                     "TVD": mean_std([s["tvd"] for s in scores]), "L1 (RegBench's)": mean_std([s["l1"] for s in scores]),
+                     "TVD": mean_std([s["tvd"] for s in scores]),
+                     "L1 (RegBench's)": mean_std([s["l1"] for s in scores]),
                      "eval loss": mean_std([r["final"]["eval"]["test"]["loss"] for r in ok])})
     by_set: dict[str, dict] = {}  # evaluation set id -> a record naming it
     for r in records:
@@ -213,7 +214,8 @@ def language_report(records: list[dict], header: str, title: str, out_dir: Path)
     header += (" Accuracy per sequence: the mean over sequences of each one's share of allowed argmax symbols; "
                "per token: allowed argmax symbols over all scored tokens of the set (RegBench's average). "
                "TVD: total-variation distance to the automaton's next-symbol distribution; L1 = 2 TVD, the "
-               f"distance RegBench logs. n-gram rows: RegBench's in-context back-off n-gram on the same set ({sources}).")
+               "distance RegBench logs. n-gram rows: RegBench's in-context back-off n-gram on the same set "
+               f"({sources}).")
     written = write_table(frame(rows), out_dir, "language_table", header)
     if not any(r["status"] == "ok" for r in records):
         return written
