@@ -5,7 +5,8 @@ task gets (``generic_report``: a table of every final metric and the learning cu
 A report module for a benchmark family lives beside this one (``copy``, ``recall``, ``icl``,
 ``lm``), names the tasks it reports in ``TASKS`` and defines
 ``report(records, benchmark, profile, out_dir) -> list[Path]``; ``harness.report.cli`` finds it.
-Report modules import only this kit and ``harness.run.records``.
+Report modules import only this kit and ``harness.run.records`` (the in-context learning report
+also ``tasks`` and ``harness.run.eval_sets``, to score its n-gram baselines on the records' set).
 """
 from __future__ import annotations
 

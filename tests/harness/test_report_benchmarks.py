@@ -104,6 +104,7 @@ def test_icl_report_language_with_ngram_baselines_cached_and_token_accuracy(tmp_
     assert {"accuracy per sequence (%)", "accuracy per token (%)", "TVD", "L1 (RegBench's)"} <= set(table.columns)
     for _, row in table.iterrows():
         assert float(row["L1 (RegBench's)"]) == pytest.approx(2 * float(row["TVD"]), abs=2e-3)
+        assert 0 <= float(row["accuracy per token (%)"]) <= 100  # the records carry the token counts
     # the n-gram scores equal the task's own baseline_metrics on the evaluation set the records name
     from harness.report.icl import ngram_baselines
     import tasks
@@ -123,15 +124,21 @@ def test_icl_report_language_with_ngram_baselines_cached_and_token_accuracy(tmp_
     assert cache.exists() and "(4-gram)" in (out / "language_table.md").read_text()
 
 
-def test_icl_language_columns_for_the_regbench_settings_that_vary(tmp_path):
+def test_icl_language_columns_for_the_regbench_settings_that_vary_ngrams_on_the_frozen_set(tmp_path):
     language = ("task=icl_language", "task.max_len=32", "task.max_strings=12", "task.eval_samples=4",
                 "benchmark=icl", "model.d_model=16", "mixer=tmm")
+    from harness.run import eval_sets
+    import tasks
+    cfg = make_config(*TINY, *language, results_dir=tmp_path)["task"]
+    eval_sets.freeze(tasks.build("icl_language", max_len=32, max_strings=12, eval_samples=4).eval_sets(), cfg, tmp_path)
     run(tmp_path, *language)
     run(tmp_path, *language, "task.exclude_eval_automata=false", "task.train_automata=3")
     assert report.main(["--benchmark", "icl", f"results_dir={tmp_path}"]) == 0
     table = pd.read_csv(tmp_path / "icl" / "test" / "language_table.csv")
     assert {"task.exclude_eval_automata", "task.train_automata"} <= set(table.columns)
     assert len(table) == 2 + 4  # the two settings, then the n-grams of their one evaluation set
+    [cache] = (tmp_path / "icl" / "test").glob("ngram_baselines_*.json")
+    assert '"source": "frozen"' in cache.read_text() and '"matches_records": true' in cache.read_text()
 
 
 def test_lm_report_shows_matched_counts_flops_and_memory(tmp_path):
