@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import harness.report
-from harness.report.kit import generic_report
+from harness.report.kit import generic_report, with_added_defaults
 from harness.run.records import load_records, results_folder, stray_temporaries
 
 
@@ -38,11 +38,12 @@ def task_reports() -> dict[str, object]:
 
 
 def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> list[Path]:
-    """Write every table and plot of ``benchmark``, one folder per training profile."""
+    """Write every table and plot of ``benchmark``, one folder per training profile; records written
+    before a config key was added compare at its default (``kit.with_added_defaults``)."""
     written = []
     reports = task_reports()
     by_profile: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
+    for r in with_added_defaults([r for r in records if r["config"].get("benchmark") == benchmark]):
         if r["config"].get("benchmark") == benchmark:
             by_profile[r["config"]["train"]["profile"]].append(r)
     for profile, all_runs in sorted(by_profile.items()):

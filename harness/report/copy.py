@@ -1,8 +1,17 @@
-"""The copy-task report (``copy``, ``selective_copy``: evaluation sets ``L<length>``): a table of
-accuracy per length, exact match, FLOPs to thresholds, memory and speed; a thresholds table;
-accuracy against length (training range shaded), loss against FLOPs and against peak memory.
-Runs are grouped by (mixer, protocol) over seeds; runs that did not finish are counted and named,
-never shown as zeros.
+"""The copy-task report (``copy``, ``selective_copy``: evaluation sets ``L<length>``).
+
+String-level exact match is the headline (Jelassi et al. 2024): token accuracy hides failures (a
+copy 90% right token by token can be right on few strings). Tables: ``table`` (exact match, then
+token accuracy, per length; FLOPs to exact-match thresholds, memory, speed), ``thresholds`` (FLOPs
+and seconds to exact-match, token-accuracy and loss thresholds) and, where the records carry
+``state_bits``, ``memory_bound`` (each model's decoding state in bits after the prompt at each
+evaluation length beside the ``L log2(alphabet)`` bits of the string, Jelassi et al.'s bound).
+Plots: exact match and token accuracy against length (training range shaded), loss against FLOPs
+and against peak memory.
+
+Runs are grouped by (mixer, protocol, the settings that vary) over seeds, so attention's
+``mixer.position`` variants (RoPE, NoPE, Hard-ALiBi) stay apart; runs that did not finish are
+counted and named, never shown as zeros.
 """
 from __future__ import annotations
 
@@ -13,13 +22,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness.report.kit import (flops_to_reach, group_key, hardware_label, mixer_colors, percent_mean_std,
-                                save_figure, status_note, time_to_reach, varying_keys, write_table)
+                                save_figure, settings_label, status_note, time_to_reach, varying_keys, write_table)
 
 THRESHOLDS = (0.9, 0.99)
+HEADLINE = "exact_match"  # string-level exact match: the metric of the tables' first columns and of FLOPs to X%
+METRICS = ((HEADLINE, "exact"), ("accuracy", "acc"))  # (metric, column prefix), headline first
 
 
-def _reach(ok: list[dict], threshold: float) -> str:
-    reached = [f for r in ok if (f := flops_to_reach(r["curve"], threshold)) is not None]
+def _reach(ok: list[dict], threshold: float, metric: str = f"{HEADLINE}_in") -> str:
+    reached = [f for r in ok if (f := flops_to_reach(r["curve"], threshold, metric)) is not None]
     if not ok:
         return "-"
     if len(reached) < len(ok):
@@ -44,14 +55,13 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
                "seeds": ",".join(str(r["config"]["seed"]) for r in sorted(runs, key=lambda r: r["config"]["seed"])),
                "runs": status_note(runs)}
         sets = list(ok[0]["final"]["eval"]) if ok else []
-        for name in sets:
-            row[f"acc {name} (%)"] = percent_mean_std([r["final"]["eval"][name]["accuracy"] for r in ok])
-        for name in sets:
-            if "exact_match" in ok[0]["final"]["eval"][name]:
-                row[f"exact {name} (%)"] = percent_mean_std([r["final"]["eval"][name]["exact_match"] for r in ok])
+        for metric, prefix in METRICS:
+            for name in sets:
+                if metric in ok[0]["final"]["eval"][name]:
+                    row[f"{prefix} {name} (%)"] = percent_mean_std([r["final"]["eval"][name][metric] for r in ok])
         row["eval loss (in-dist.)"] = (f"{sum(r['final']['loss_in'] for r in ok) / len(ok):.4f}" if ok else "-")
         for t in THRESHOLDS:
-            row[f"FLOPs to {int(t * 100)}%"] = _reach(ok, t)
+            row[f"FLOPs to {int(t * 100)}% exact"] = _reach(ok, t)
         row["peak memory (MB)"] = (f"{max(r['memory']['peak_bytes'] for r in ok) / 2**20:.0f}" if ok else "-")
         shared = max((r["config"].get("concurrent_runs", 1) for r in ok), default=1)
         row["tokens/s"] = (f"{sum(r['throughput']['tokens_per_s'] for r in ok) / len(ok):,.0f}"
@@ -64,27 +74,34 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
 def label(record: dict, extra: tuple[str, ...]) -> str:
     """Legend label: the mixer, plus the other settings that vary in this benchmark."""
     key = group_key(record, extra)
-    return key[0] + "".join(f", {k.split('.')[-1]}={v}" for k, v in zip(extra, key[2:]))
+    return settings_label(key[0], extra, key[2:])
 
 
-def _protocol_panels(records: list[dict]) -> tuple[plt.Figure, list[tuple[plt.Axes, str, list[dict]]],
-                                                    tuple[str, ...], dict[str, str]]:
-    """A figure with one panel per protocol of the finished runs: ``(figure, [(axes, protocol, its
-    finished runs)], the settings that vary, a colour per legend label)``."""
+def _protocol_panels(records: list[dict], rows: int = 1) -> tuple[plt.Figure, list[tuple[plt.Axes, str, list[dict]]],
+                                                                tuple[str, ...], dict[str, str]]:
+    """A figure with one column of panels per protocol of the finished runs (``rows`` panels in
+    each): ``(figure, [(axes, protocol, its finished runs)] row by row, the settings that vary, a
+    colour per legend label)``."""
     ok = [r for r in records if r["status"] == "ok"]
     protocols = sorted({group_key(r)[1] for r in ok})
     extra = tuple(varying_keys(records))
     colors = mixer_colors(list({label(r, extra) for r in ok}))
-    fig, axes = plt.subplots(1, max(1, len(protocols)), figsize=(5 * max(1, len(protocols)), 3.8), squeeze=False)
-    panels = [(ax, protocol, [r for r in ok if group_key(r)[1] == protocol])
-              for ax, protocol in zip(axes[0], protocols)]
+    columns = max(1, len(protocols))
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    panels = [(axes[row][i], protocol, [r for r in ok if group_key(r)[1] == protocol])
+              for row in range(rows) for i, protocol in enumerate(protocols)]
     return fig, panels, extra, colors
 
 
 def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """Token accuracy against evaluation length, one panel per protocol, training range shaded."""
-    fig, panels, extra, colors = _protocol_panels(records)
-    for ax, protocol, runs in panels:
+    """Exact match (top row, the headline) and token accuracy (bottom row) against evaluation
+    length, one column per protocol, training range shaded; the mean over seeds and every seed thin."""
+    metrics = [(m, name) for m, name in ((HEADLINE, "exact match (whole string)"), ("accuracy", "token accuracy"))
+               if all(m in s for r in records if r["status"] == "ok" for s in r["final"]["eval"].values())]
+    fig, panels, extra, colors = _protocol_panels(records, rows=len(metrics))
+    n_protocols = len(panels) // max(1, len(metrics))
+    for i, (ax, protocol, runs) in enumerate(panels):
+        metric, metric_name = metrics[i // max(1, n_protocols)]
         lo, hi = runs[0]["task_summary"].get("train_lengths") or (None, None)
         if lo is not None and lo == hi:  # a single training length: mark it
             ax.axvline(lo, color="0.75", linewidth=6, alpha=0.6, label="training length")
@@ -97,24 +114,35 @@ def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> l
         for mixer, group in sorted(by_mixer.items()):
             names = list(group[0]["final"]["eval"])
             lengths = [int(n.removeprefix("L")) for n in names]
-            accs = [[r["final"]["eval"][n]["accuracy"] for r in group] for n in names]
-            mean = [sum(a) / len(a) for a in accs]
+            values = [[r["final"]["eval"][n][metric] for r in group] for n in names]
+            mean = [sum(a) / len(a) for a in values]
             color = colors[mixer]
-            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} (mean of {len(group)} seeds)")
-            for i in range(len(group)):  # every seed, thin: a bimodal outcome stays visible
-                ax.plot(lengths, [a[i] for a in accs], color=color, linewidth=0.8, alpha=0.5, linestyle="--")
+            seeds = f"mean of {len(group)} seeds" if len(group) > 1 else "1 seed"
+            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} ({seeds})")
+            for j in range(len(group)):  # every seed, thin: a bimodal outcome stays visible
+                ax.plot(lengths, [a[j] for a in values], color=color, linewidth=0.8, alpha=0.5, linestyle="--")
             all_lengths.update(lengths)
         if all_lengths:
             ax.set_xlim(min(all_lengths) / 1.3, max(all_lengths) * 1.3)
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("string length L")
-        ax.set_ylabel("token accuracy on the copy")
-        ax.set_title(f"{protocol} protocol")
+        ax.set_ylabel(f"{metric_name} on the copy")
+        ax.set_title(f"{protocol} protocol: {metric_name}", fontsize=9)
         ax.grid(alpha=0.3)
-    fig.axes[-1].legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    legend_outside(fig)
     return save_figure(fig, out_dir, "accuracy_vs_length")
+
+
+def legend_outside(fig: plt.Figure) -> None:
+    """One legend for every panel, right of the figure (each label once), so that no curve hides."""
+    entries: dict[str, object] = {}
+    for ax in fig.axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(name, handle)
+    fig.legend(list(entries.values()), list(entries), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
 def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[Path]:
@@ -134,15 +162,17 @@ def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[P
         ax.set_ylabel("eval loss, in-distribution lengths")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")
-    fig.axes[-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    legend_outside(fig)
     return save_figure(fig, out_dir, "loss_vs_flops")
 
 
 def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOLDS,
                      losses: tuple[float, ...] = (1.0, 0.1)) -> pd.DataFrame:
-    """Per (mixer, protocol): FLOPs and training wall time to reach accuracy and loss thresholds
-    (in-distribution evaluation), mean over the seeds that reached it."""
+    """Per (mixer, protocol): FLOPs and training wall time to reach exact-match, token-accuracy and
+    loss thresholds (in-distribution evaluation), mean over the seeds; "not reached (k/n)" when a
+    seed did not."""
     extra = tuple(varying_keys(records))
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -151,7 +181,8 @@ def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOL
     rows = []
     for key, runs in sorted(groups.items(), key=lambda kv: repr(kv[0])):
         row = {"mixer": key[0], "protocol": key[1], **dict(zip(extra, key[2:]))}
-        targets = [(f"accuracy >= {t:.0%}", "accuracy_in", t, False) for t in accuracy]
+        targets = [(f"exact match >= {t:.0%}", f"{HEADLINE}_in", t, False) for t in accuracy]
+        targets += [(f"token accuracy >= {t:.0%}", "accuracy_in", t, False) for t in accuracy]
         targets += [(f"loss <= {t:g}", "loss_in", t, True) for t in losses]
         for label_, metric, t, below in targets:
             hits = [h for r in runs if (h := time_to_reach(r["curve"], t, metric, below)) is not None]
@@ -183,9 +214,40 @@ def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[
         ax.set_ylabel("final eval loss, in-distribution")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")
-    fig.axes[-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    legend_outside(fig)
     return save_figure(fig, out_dir, "loss_vs_memory")
+
+
+def memory_bound_table(records: list[dict]) -> pd.DataFrame | None:
+    """Per (mixer, settings that vary): the decoding state in bits after the prompt of each
+    evaluation length (the record's ``state_bits``, 32 bits per value) beside the bits of the
+    string (``task_summary.string_bits``: L log2(alphabet)), and the shortest evaluation length at
+    which the state holds fewer bits than the string (from there no model of that size can copy
+    every string). None when no record carries ``state_bits`` (records written before it)."""
+    runs = [r for r in records if r.get("state_bits")]
+    if not runs:
+        return None
+    extra = tuple(varying_keys(records))
+    groups: dict[tuple, dict] = {}
+    for r in runs:
+        groups.setdefault(group_key(r, extra), r)  # the state's size does not depend on the seed
+    strings = runs[0]["task_summary"].get("string_bits", {})
+    names = sorted({n for r in runs for n in r["state_bits"]}, key=lambda n: int(n.removeprefix("L")))
+    rows = []
+    for key, r in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+        row = {"mixer": key[0], "protocol": key[1], **dict(zip(extra, key[2:]))}
+        short = [n for n in names if n in strings and r["state_bits"].get(n) is not None
+                 and r["state_bits"][n] < strings[n]]
+        for n in names:
+            bits = r["state_bits"].get(n)
+            row[f"state bits {n}"] = "-" if bits is None else f"{bits:.3g}"
+        row["state < string from"] = short[0] if short else "never here"
+        rows.append(row)
+    rows.append({"mixer": "(string: L log2 alphabet)",
+                 **{f"state bits {n}": f"{strings[n]:.3g}" for n in names if n in strings}})
+    return pd.DataFrame(rows)
 
 
 def describe(records: list[dict]) -> str:
@@ -193,25 +255,56 @@ def describe(records: list[dict]) -> str:
     r = records[0]
     env, train = r["environment"], r["config"]["train"]
     model = r["config"]["model"]
+    eos = " (and its end-of-string token)" if r["task_summary"].get("eos") else ""
     torch_v = env.get("packages", {}).get("torch", "?")
     return (f"Hardware: {hardware_label(env)}; torch {torch_v}; precision {train['precision']}. "
             f"Backbone: d_model {model['d_model']}, {model['n_layers']} layers, MLP x{model['mlp_ratio']}. "
             f"Training: {train['steps']} steps x batch {train['batch_size']}, AdamW lr {train['lr']}, "
             f"warmup {train['warmup_steps']}, cosine to {train['min_lr_ratio']}x, same for every mixer. "
-            f"Accuracy: mean ± std over seeds, teacher-forced token accuracy on the copied half; "
-            f"FLOPs to X%: first evaluation whose mean in-distribution accuracy reaches X% (mean over seeds).")
+            f"{protocol_note(records)}"
+            f"Headline: exact match, the share of strings whose whole copy{eos} is right under teacher forcing "
+            f"(equal to a correct greedy decode); token accuracy beside it; mean ± std over seeds. "
+            f"FLOPs to X% exact: first evaluation whose in-distribution exact match reaches X% (mean over seeds).")
+
+
+def protocol_note(records: list[dict]) -> str:
+    """The task's protocol in words, where every record agrees: training lengths, EOS, packing
+    (Jelassi et al.'s options), evaluation lengths; "" when the protocols differ (the table says)."""
+    summaries = [r["task_summary"] for r in records]
+    keys = ("train_lengths", "eos", "packed_length", "eval_lengths")
+    summary = summaries[0]
+    if not summary.get("train_lengths") or any({k: s.get(k) for k in keys} != {k: summary.get(k) for k in keys}
+                                               for s in summaries):
+        return ""
+    lo, hi = summary["train_lengths"]
+    note = f"Training strings of length {lo}-{hi}"
+    if summary.get("eos"):
+        note += ", closed by a scored end-of-string token"
+    if summary.get("packed_length"):
+        note += f", packed into rows of {summary['packed_length']} tokens"
+    lengths = summary.get("eval_lengths")
+    return note + (f"; evaluation at L = {', '.join(map(str, lengths))}. " if lengths else ". ")
 
 
 TASKS = ("copy", "selective_copy")  # evaluation sets L<length>, token accuracy and exact match
 
 
 def report(records: list[dict], benchmark: str, profile: str, out_dir: Path) -> list[Path]:
-    """The tables (``table``, ``thresholds``) and plots (accuracy against length, loss against
-    FLOPs and against memory) of copy-style runs."""
+    """The tables (``table``, ``thresholds``, ``memory_bound`` where the records carry ``state_bits``)
+    and plots (exact match and token accuracy against length, loss against FLOPs and against
+    memory) of copy-style runs."""
     header = f"# {benchmark} ({profile} profile)\n\n{describe(records)}"
     written = write_table(summary_table(records), out_dir, "table", header)
     written += write_table(thresholds_table(records), out_dir, "thresholds",
                            f"# {benchmark}: training FLOPs and seconds to reach a threshold\n\n{describe(records)}")
+    bound = memory_bound_table(records)
+    if bound is not None:
+        written += write_table(bound, out_dir, "memory_bound", (
+            f"# {benchmark}: decoding state against the string (Jelassi et al.'s memory bound)\n\n"
+            "Bits each model holds to decode the copy after reading `[BOS] s [SEP]` (Mixer.state_size values over "
+            "all layers, 32 bits per value) beside the bits of a uniformly random string, L log2(alphabet). Where "
+            "the state holds fewer bits than the string, no model of that state size copies every string of that "
+            "length; where it holds more, the bound says nothing."))
     title = f"{benchmark}, {hardware_label(records[0]['environment'])}"
     if any(r["status"] == "ok" for r in records):
         written += plot_accuracy_vs_length(records, out_dir, title)

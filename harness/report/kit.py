@@ -5,15 +5,19 @@ task gets (``generic_report``: a table of every final metric and the learning cu
 A report module for a benchmark family lives beside this one (``copy``, ``recall``, ``icl``,
 ``lm``), names the tasks it reports in ``TASKS`` and defines
 ``report(records, benchmark, profile, out_dir) -> list[Path]``; ``harness.report.cli`` finds it.
-Report modules import only this kit and ``harness.run.records``.
+Report modules import only this kit and ``harness.run.records`` (the in-context learning report
+also ``tasks`` and ``harness.run.eval_sets``, to score its n-gram baselines on the records' set).
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+
+from harness.run.records import ADDED_KEYS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -36,6 +40,33 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
             out.update(flatten(value, name + "."))
         else:
             out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def with_added_defaults(records: list[dict]) -> list[dict]:
+    """``records`` with the config keys added since they were written filled in at their
+    ``ADDED_KEYS`` default (the value that keeps their ids), so that an older record and a newer
+    one of the same run compare equal (``attention`` before and after ``mixer.position``). A
+    ``mixer.*`` or ``task.*`` key is filled only where another record of the same mixer or task
+    has it (``tmm`` gets no ``position``). The records are copied, not changed."""
+    present: dict[tuple[str, str], set[str]] = defaultdict(set)  # (group, name) -> its keys in any record
+    for r in records:
+        for group in ("mixer", "task"):
+            fields = r["config"].get(group)
+            if isinstance(fields, dict):
+                present[(group, str(fields.get("name")))].update(fields)
+    out = []
+    for r in records:
+        config = copy.deepcopy(r["config"])
+        for path, default in ADDED_KEYS.items():
+            group, _, key = path.rpartition(".")
+            fields = config.get(group) if group else config
+            if not isinstance(fields, dict) or key in fields:
+                continue
+            if group in ("mixer", "task") and key not in present[(group, str(fields.get("name")))]:
+                continue
+            fields[key] = default
+        out.append({**r, "config": config})
     return out
 
 
@@ -63,6 +94,12 @@ def group_key(record: dict, extra: tuple[str, ...] = ()) -> tuple:
     flat = flatten(record["config"])
     return (record["config"]["mixer"]["name"], str(record["config"]["task"].get("protocol", "-")),
             *(flat.get(k) for k in extra))
+
+
+def settings_label(name: str, extra: tuple[str, ...] | list[str], values: tuple | list) -> str:
+    """``name`` and the settings that vary, ``attention, position=nope``; a setting this run does not
+    have (``position`` of ``tmm``) is left out."""
+    return name + "".join(f", {k.split('.')[-1]}={v}" for k, v in zip(extra, values) if v is not None)
 
 
 def flops_to_reach(curve: list[dict], threshold: float, metric: str = "accuracy_in") -> float | None:
@@ -148,9 +185,11 @@ def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
 
 
 def mixer_colors(mixers: list[str]) -> dict[str, str]:
-    """One colour per legend label, stable under reordering."""
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(sorted(mixers))}
+    """One colour per legend label, stable under reordering (tab10; tab20 beyond 10 labels, so that no
+    two share a colour up to 20)."""
+    labels = sorted(set(mixers))
+    cmap, size = (plt.get_cmap("tab10"), 10) if len(labels) <= 10 else (plt.get_cmap("tab20"), 20)
+    return {m: cmap(i % size) for i, m in enumerate(labels)}
 
 
 def _in_distribution_metrics(records: list[dict]) -> list[str]:

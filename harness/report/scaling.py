@@ -24,15 +24,19 @@ def _cell(row: dict, key: str, scale: float, digits: int) -> str:
 
 
 def scaling_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Summary (slopes beside declared complexity), time (ms) and activation memory (MB) per length."""
+    """Summary (slopes beside declared complexity: time, and, where the measurements fitted it, the
+    analytic forward FLOPs, the method's own cost free of host loops and kernel overheads), time
+    (ms) and activation memory (MB) per length."""
     summary, times, memory = [], [], []
     gpu = result["environment"].get("device") == "cuda"
+    flops = any("flops" in v["fitted"] for v in result["variants"].values())  # measured before it was fitted: none
     mem_key = "activation_peak_bytes" if gpu else "saved_bytes"
     for name, v in result["variants"].items():
         fitted, declared = v["fitted"], v["declared"]
         params = next((r["params"] for r in v["rows"] if r["status"] == "ok"), None)
         row = {"variant": name, "backend": v["backend"], "params": params,
                "declared time": declared["time_complexity"], "time slope": _fmt(fitted["time"]),
+               **({"FLOP slope": _fmt(fitted.get("flops", float("nan")))} if flops else {}),
                "declared memory": declared["memory_complexity"],
                "memory slope (saved)": _fmt(fitted["saved_memory"])}
         if gpu:
@@ -88,7 +92,10 @@ def write_scaling_report(result: dict, out_dir: Path) -> list[Path]:
     s = result["config"]["scaling"]
     setup = (f"Mixer forward + backward only, d_model {s['d_model']}, {s['tokens_per_batch']:,} tokens per batch "
              f"(batch = tokens / n), {s['dtype']}, median of {s['repeats']} after {s['warmup']} warm-up passes. "
-             f"Slopes: least-squares log-log fit of per-sequence time and memory (batch value / batch) against n.")
+             f"Slopes: least-squares log-log fit of per-sequence time and memory (batch value / batch) against n"
+             + ("; FLOP slope: the same fit of the mixer's analytic forward FLOPs per sequence (what the method "
+                "costs, where time also measures host loops and kernel launches)." if any(
+                    "flops" in v["fitted"] for v in result["variants"].values()) else "."))
     paths = write_table(summary, out_dir, "table", f"# Scaling with sequence length\n\n{stamp}\n\n{setup}")
     paths += write_table(times, out_dir, "time_ms", "# Forward + backward time per batch (ms)")
     paths += write_table(memory, out_dir, "memory_mb",

@@ -78,14 +78,14 @@ def evaluation_sets(cfg: dict, task) -> tuple[dict, dict]:
                   "sha256": {name: frozen.digest(batch) for name, batch in sets.items()}}
 
 
-def start_record(cfg: dict, task, model, eval_info: dict, env: dict) -> dict:
+def start_record(cfg: dict, task, model, eval_info: dict, env: dict, sets: dict) -> dict:
     """A run's record before it trains: what ran (config, backend, parameters, FLOPs, evaluation sets,
     environment); ``execute`` and ``harness.run.fused`` add the outcome."""
     return {
         "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
         "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
         "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
-        "matching": model.matching, "eval_sets": eval_info,
+        "matching": model.matching, "eval_sets": eval_info, "state_bits": prompt_state_bits(model, sets),
         "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -99,6 +99,16 @@ def fault_record_fields(err: BaseException, cfg: dict, train_cfg, task, record: 
                  "n_layers": cfg["model"]["n_layers"], "params": record["params"]["total"]}
         return oom_fields(err, sizes, device)
     return failed_fields(err)
+
+
+def prompt_state_bits(model, sets: dict) -> dict[str, float] | None:
+    """Bits of decoding state (all layers, 32 per value: ``SequenceModel.state_bits``) after each
+    evaluation set's prompt, the tokens up to its first scored position (copy: ``[BOS] s [SEP]``),
+    for the copy report's memory bound; None when a mixer does not say its state size."""
+    try:
+        return {name: model.state_bits(int(batch.mask.float().argmax(1).max()) + 1) for name, batch in sets.items()}
+    except NotImplementedError:
+        return None
 
 
 def execute(cfg: dict, part: Part = untimed) -> dict:
@@ -128,7 +138,7 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
             torch.set_num_threads(train_cfg.threads)
         with part("environment"):
             env = {**environment(device), **gpu_facts}
-        record = start_record(cfg, task, model, eval_info, env)
+        record = start_record(cfg, task, model, eval_info, env, sets)
         log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
                  f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
         try:

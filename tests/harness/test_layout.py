@@ -24,8 +24,11 @@ ALLOWED = {
     "mixers": ("mixers",),
     "tasks": ("tasks",),
 }
-# the report command finds the per-benchmark report modules (by name, at run time)
-ALLOWED_EXTRA = {"harness.report.cli": ("harness.report",)}
+# the report command finds the per-benchmark report modules (by name, at run time); the in-context
+# learning report scores RegBench's n-gram baselines on the evaluation set its records name, which
+# needs the task and the frozen sets
+ALLOWED_EXTRA = {"harness.report.cli": ("harness.report",),
+                 "harness.report.icl": ("harness.run.eval_sets", "tasks")}
 PROJECT = ("harness", "mixers", "tasks")
 
 

@@ -156,3 +156,13 @@ def test_group_fields_added_later_keep_old_ids_at_their_default(tmp_path):
     assert records.run_id(with_defaults) == records.run_id(regression)
     on = {**with_defaults, "task": {**with_defaults["task"], "curriculum": True}}
     assert records.run_id(on) != records.run_id(regression)
+
+
+def test_a_copy_record_says_the_decoding_state_in_bits_after_each_prompt(tmp_path):
+    """``state_bits``: after ``[BOS] s [SEP]`` (L + 2 tokens) at each evaluation length, 32 bits a
+    value; attention holds keys and values of every token read, in every layer."""
+    cfg = make_config("mixer=attention", *TINY[:-2], "task.eval_lengths=[4,8]", "model.d_model=16", "mixer.heads=2",
+                      results_dir=tmp_path)
+    record = execute(cfg)
+    layers, d = cfg["model"]["n_layers"], cfg["model"]["d_model"]
+    assert record["state_bits"] == {f"L{n}": layers * 2 * (n + 2) * d * 32 for n in (4, 8)}

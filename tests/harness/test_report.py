@@ -44,8 +44,8 @@ def test_report_writes_tables_and_plots(tmp_path, capsys):
     table = pd.read_csv(out_dir / "table.csv")
     assert sorted(zip(table["mixer"], table["protocol"])) == [
         ("attention", "fixed"), ("attention", "variable"), ("tmm", "fixed"), ("tmm", "variable")]
-    assert {"acc L2 (%)", "acc L8 (%)", "FLOPs to 90%", "FLOPs to 99%", "params", "backend", "tokens/s",
-            "peak memory (MB)"} <= set(table.columns)
+    assert {"exact L2 (%)", "exact L8 (%)", "acc L2 (%)", "acc L8 (%)", "FLOPs to 90% exact", "FLOPs to 99% exact",
+            "params", "backend", "tokens/s", "peak memory (MB)"} <= set(table.columns)
     tmm_rows = table[table["mixer"] == "tmm"]
     assert any("1 oom" in note for note in tmm_rows["runs"])  # shown as a failure, not as zeros
     assert "±" in table["acc L4 (%)"].iloc[0]

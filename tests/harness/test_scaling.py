@@ -80,3 +80,20 @@ def test_fitted_slopes_include_the_flop_slope_of_gltm():
                      "analytic_forward_flops": m.flops(n)})
     slope = fitted_slopes(rows, 0.0)["flops"]
     assert 1.0 < slope < 1.1  # n log n: above linear, far below the 1.4 the timed slope showed
+
+
+def test_the_table_shows_the_flop_slope_beside_the_time_slope_where_it_was_fitted():
+    from harness.report.scaling import scaling_tables
+
+    def result(fitted: dict) -> dict:
+        row = {"status": "ok", "length": 8, "params": 1, "median_s": 1e-3, "saved_bytes": 2**20}
+        variant = {"backend": "torch", "rows": [row], "fitted": {"time": 1.41, "saved_memory": 1.0, "fit_lengths": [8],
+                                                                 **fitted},
+                   "declared": {"time_complexity": "O(n log n)", "memory_complexity": "O(n)"}}
+        return {"environment": {"device": "cpu"}, "variants": {"gltm": variant}}
+
+    summary = scaling_tables(result({"flops": 1.03}))[0]
+    columns = list(summary.columns)
+    assert columns.index("FLOP slope") == columns.index("time slope") + 1
+    assert summary["FLOP slope"].tolist() == ["1.03"] and summary["time slope"].tolist() == ["1.41"]
+    assert "FLOP slope" not in scaling_tables(result({}))[0].columns  # measured before the FLOP fit: no column
