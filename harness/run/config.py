@@ -114,6 +114,16 @@ def sweep_mixers(*left_out: str) -> str:
 OmegaConf.register_new_resolver("sweep_mixers", sweep_mixers, replace=True)
 
 
+def short_conv_unless(mixer: str, kernel_size: int, own: list) -> int:
+    """``kernel_size`` unless ``mixer`` is one of ``own`` (those with a short convolution of their own),
+    then 0: ``model.short_conv: ${short_conv_unless:${mixer.name},3,[mamba,hyena]}`` gives Zoology's
+    BaseConv to the mixers Zoology pairs it with, in one sweep over every mixer."""
+    return 0 if mixer in own else int(kernel_size)
+
+
+OmegaConf.register_new_resolver("short_conv_unless", short_conv_unless, replace=True)
+
+
 def to_dict(cfg: DictConfig | dict) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
