@@ -112,6 +112,8 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
             "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
             "matching": model.matching, "eval_sets": eval_info,
             "recipe": recipe(model, train_cfg, device),  # what trains, as run: exemptions, overrides, init, precision
+            # decoding state (values, all layers) after the task's longest input: the recall report's x-axis
+            "state": {"length": task.max_input_len(), "values": model.state_bits(task.max_input_len(), 1)},
             "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
