@@ -14,9 +14,11 @@ CPU_MIXERS ?= mamba,hyena,tmm,attention
 LAUNCH      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS))
 # The recall, ICL and LM benchmarks have CPU-sized experiment variants (conf/experiment/*_cpu.yaml).
 SIZE        = $(shell $(PY) -m harness.launch --suffix)
+# The launcher alone, for sweeps that choose their own mixers (the recall window and state sweeps).
+LAUNCH_OWN  = $(shell $(PY) -m harness.launch)
 
 .PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
-        scaling-benchmark generation-benchmark overhead-benchmark report clean
+        recall-zoology-figure2 recall-window-sweep recall-state-sweep scaling-benchmark generation-benchmark overhead-benchmark report clean
 
 help:  ## this list
 	@grep -E '^[a-z][a-zA-Z_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
@@ -47,6 +49,14 @@ recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup  ## MQAR, in-con
 	$(PY) -m harness.freeze_eval +experiment=$*_benchmark$(SIZE) $(ARGS)
 	$(PY) -m harness.run --multirun +experiment=$*_benchmark$(SIZE) $(LAUNCH) $(ARGS)
 	$(PY) -m harness.report --benchmark $*_benchmark $(REPORT_ARGS)
+
+# Beside recall-benchmark (the Based paper's mixture protocol): the Zoology paper's Figure 2 protocol
+# (one setting per run, zero filler), and the window and state-size sweeps; each conf/experiment/ file
+# names its source. CPU-sized variants as above.
+recall-zoology-figure2 recall-window-sweep recall-state-sweep: setup  ## MQAR: Zoology paper's Figure 2 protocol; window and state-size sweeps
+	$(PY) -m harness.freeze_eval +experiment=$(subst -,_,$@)$(SIZE) $(ARGS)
+	$(PY) -m harness.run --multirun +experiment=$(subst -,_,$@)$(SIZE) $(if $(findstring figure2,$@),$(LAUNCH),$(LAUNCH_OWN)) $(ARGS)
+	$(PY) -m harness.report --benchmark $(subst -,_,$@) $(REPORT_ARGS)
 
 scaling-benchmark: setup  ## forward + backward time and memory against sequence length (conf/scaling/)
 	$(PY) -m harness.bench.scaling $(ARGS)

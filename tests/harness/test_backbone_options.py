@@ -197,3 +197,26 @@ def test_record_lists_mamba1s_a_log_and_hyenas_filter_settings(tmp_path):
     hyena = execute(make_config(*TINY[:-1], "mixer=hyena", results_dir=tmp_path))
     overrides = hyena["recipe"]["parameter_overrides"]
     assert overrides and all("weight_decay" in v for v in overrides.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_short_conv_backbone_on_cuda_bf16_matches_fp32_on_cpu():
+    """Zoology's backbone (short conv, no MLP, tied head) under bf16 autocast on CUDA: logits and
+    gradients within bf16 rounding of the fp32 CPU model's."""
+    torch.manual_seed(0)
+    model = SequenceModel(vocab_size=64, d_model=64, n_layers=2, max_len=64, mixer="attention",
+                          mixer_options={"heads": 4}, short_conv=3, mlp_ratio=0, tie_embeddings=True, init="normal_002")
+    tokens = torch.randint(0, 64, (4, 64))
+    cpu_logits = model(tokens)
+    cpu_logits.square().mean().backward()
+    cpu_grad = model.blocks[0].short_conv.conv.weight.grad.clone()
+    model.zero_grad()
+    gpu = model.cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = gpu(tokens.cuda())
+    logits.float().square().mean().backward()
+    scale = cpu_logits.abs().max()
+    assert (logits.float().cpu() - cpu_logits).abs().max() <= 2e-2 * scale
+    grad = gpu.blocks[0].short_conv.conv.weight.grad.float().cpu()
+    assert (grad - cpu_grad).abs().max() <= 5e-2 * cpu_grad.abs().max()
