@@ -35,7 +35,7 @@ from harness.run.config import CONF_DIR, ConfigError, check_forward, make_model,
 from harness.run.device import run_device, set_determinism
 from harness.run.environment import environment
 from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
-from harness.run.recipe import recipe
+from harness.run.recipe import decoding_state, recipe
 from harness.run.records import FINISHED, read_record, record_path, run_id, write_atomic
 from harness.run.train import Diverged, Part, train, untimed
 
@@ -113,7 +113,7 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
             "matching": model.matching, "eval_sets": eval_info,
             "recipe": recipe(model, train_cfg, device),  # what trains, as run: exemptions, overrides, init, precision
             # decoding state (values, all layers) after the task's longest input: the recall report's x-axis
-            "state": {"length": task.max_input_len(), "values": model.state_bits(task.max_input_len(), 1)},
+            "state": decoding_state(model, task.max_input_len()),
             "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,

@@ -37,3 +37,12 @@ def recipe(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
         "schedule": {"name": cfg.schedule, "warmup_steps": cfg.warmup_steps, "min_lr_ratio": cfg.min_lr_ratio},
         "precision": precision_as_run(device, cfg.precision),
     }
+
+
+def decoding_state(model: nn.Module, length: int) -> dict | None:
+    """``{"length", "values"}``: the values of decoding state (all layers, short convolutions
+    included) after ``length`` tokens; None for a mixer that does not say (``state_size`` unimplemented)."""
+    try:
+        return {"length": length, "values": model.state_bits(length, 1)}
+    except NotImplementedError:
+        return None
