@@ -14,11 +14,14 @@ REPORT_ARGS = $(filter results_dir=%,$(ARGS))
 # ARGS="gpu.jobs_per_gpu=1" keeps one run per GPU).
 CPU_MIXERS ?= mamba,hyena,tmm,attention
 launch      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS) -- $(1) $(ARGS))
+# the same for sweeps whose experiment names its own mixers (the window and state-size sweeps)
+launch_own  = $(shell $(PY) -m harness.launch -- $(1) $(ARGS))
 # The recall, ICL and LM benchmarks have CPU-sized experiment variants (conf/experiment/*_cpu.yaml).
 SIZE        = $(shell $(PY) -m harness.launch --suffix)
 
 .PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
-        scaling-benchmark generation-benchmark overhead-benchmark throughput-benchmark report clean
+        recall-zoology-figure2 recall-window-sweep recall-state-sweep scaling-benchmark generation-benchmark \
+        overhead-benchmark throughput-benchmark report clean
 
 help:  ## this list
 	@grep -E '^[a-z][a-zA-Z_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
@@ -49,6 +52,14 @@ recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup  ## MQAR, in-con
 	$(PY) -m harness.freeze_eval +experiment=$*_benchmark$(SIZE) $(ARGS)
 	$(PY) -m harness.run --multirun +experiment=$*_benchmark$(SIZE) $(call launch,+experiment=$*_benchmark$(SIZE)) $(ARGS)
 	$(PY) -m harness.report --benchmark $*_benchmark $(REPORT_ARGS)
+
+# Beside recall-benchmark (the Based paper's mixture protocol): the Zoology paper's Figure 2 protocol
+# (one setting per run, zero filler), and the window and state-size sweeps; each conf/experiment/ file
+# names its source. CPU-sized variants as above.
+recall-zoology-figure2 recall-window-sweep recall-state-sweep: setup  ## MQAR: Zoology paper's Figure 2 protocol; window and state-size sweeps
+	$(PY) -m harness.freeze_eval +experiment=$(subst -,_,$@)$(SIZE) $(ARGS)
+	$(PY) -m harness.run --multirun +experiment=$(subst -,_,$@)$(SIZE) $(if $(findstring figure2,$@),$(call launch,+experiment=$(subst -,_,$@)$(SIZE)),$(call launch_own,+experiment=$(subst -,_,$@)$(SIZE))) $(ARGS)
+	$(PY) -m harness.report --benchmark $(subst -,_,$@) $(REPORT_ARGS)
 
 scaling-benchmark: setup  ## forward + backward time and memory against sequence length (conf/scaling/)
 	$(PY) -m harness.bench.scaling $(ARGS)

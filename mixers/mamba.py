@@ -196,6 +196,7 @@ class Mamba1Torch(nn.Module):
         with torch.no_grad():
             nn.init.uniform_(self.dt_proj.weight, -dt_rank ** -0.5, dt_rank ** -0.5)
             self.dt_proj.bias.copy_(init_dt_bias(di, dt_min, dt_max))
+        self.dt_proj.bias._no_reinit = True  # as mamba_ssm: a shared init policy leaves it (harness.run.model.initialise)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
         for p in (self.A_log, self.D):  # as mamba_ssm's Mamba marks them

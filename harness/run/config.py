@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from harness.run import fields as F
 from harness.run.faults import is_out_of_memory
 from harness.run.matching import MatchError, match_parameters
-from harness.run.model import POSITIONS, SequenceModel
+from harness.run.model import ACTIVATIONS, INITS, ORDERS, POSITIONS, SequenceModel
 from harness.run.step import COMPILE_MODES
-from harness.run.train import EXEMPTION_RULES, TrainConfig
+from harness.run.train import EXEMPTION_RULES, SCHEDULES, TrainConfig
 import mixers
 import tasks
 from tasks.base import Task, TaskConfigError
@@ -34,7 +34,8 @@ MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_
          "max_len": int | None}
 # optional backbone fields: parameter matching (conf/model/matched.yaml) and an explicit MLP width
 MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float,
-                  "position": str}
+                  "position": str, "init": str, "short_conv": int, "order": str, "mlp_activation": str,
+                  "final_norm": bool}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
 MAX_SEED = 2**63 - 1
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -114,6 +115,16 @@ def sweep_mixers(*left_out: str) -> str:
 OmegaConf.register_new_resolver("sweep_mixers", sweep_mixers, replace=True)
 
 
+def short_conv_unless(mixer: str, kernel_size: int, own: list) -> int:
+    """``kernel_size`` unless ``mixer`` is one of ``own`` (those with a short convolution of their own),
+    then 0: ``model.short_conv: ${short_conv_unless:${mixer.name},3,[mamba,hyena]}`` gives Zoology's
+    BaseConv to the mixers Zoology pairs it with, in one sweep over every mixer."""
+    return 0 if mixer in own else int(kernel_size)
+
+
+OmegaConf.register_new_resolver("short_conv_unless", short_conv_unless, replace=True)
+
+
 def to_dict(cfg: DictConfig | dict) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
@@ -179,6 +190,7 @@ def make_train_config(train_cfg: dict) -> TrainConfig:
     _check(tc.batch_size >= 1, "train.batch_size", f"must be an integer >= 1, got {tc.batch_size!r}")
     _check(tc.lr > 0, "train.lr", f"must be > 0, got {tc.lr}")
     _check(tc.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {tc.weight_decay}")
+    _check(tc.schedule in SCHEDULES, "train.schedule", f"must be one of {', '.join(SCHEDULES)}, got {tc.schedule!r}")
     _check(tc.weight_decay_exempt in EXEMPTION_RULES, "train.weight_decay_exempt",
            f"must be one of {', '.join(EXEMPTION_RULES)}, got {tc.weight_decay_exempt!r}")
     _check(all(0 <= b < 1 for b in tc.betas), "train.betas", f"must be two numbers in [0, 1), got {tc.betas}")
@@ -198,13 +210,24 @@ def check_model_fields(model_cfg: dict) -> None:
     d_model, n_layers, ratio = model_cfg["d_model"], model_cfg["n_layers"], model_cfg["mlp_ratio"]
     _check(d_model >= 1, "model.d_model", f"must be an integer >= 1, got {d_model!r}")
     _check(n_layers >= 1, "model.n_layers", f"must be an integer >= 1, got {n_layers!r}")
-    _check(ratio > 0 and int(ratio * d_model) >= 1, "model.mlp_ratio",
-           f"must be > 0 and leave the MLP at least one hidden unit (mlp_ratio * d_model >= 1), got {ratio!r}")
+    _check(ratio == 0 or (ratio > 0 and int(ratio * d_model) >= 1), "model.mlp_ratio",
+           f"must be 0 (no MLP) or > 0 and leave the MLP at least one hidden unit (mlp_ratio * d_model >= 1), got {ratio!r}")
     _check(model_cfg["norm"] in NORMS, "model.norm", f"must be one of {', '.join(NORMS)}, got {model_cfg['norm']!r}")
     _check(model_cfg["max_len"] is None or model_cfg["max_len"] >= 1, "model.max_len",
            f"must be null (fit the task) or an integer >= 1, got {model_cfg['max_len']!r}")
     _check(model_cfg.get("position", "none") in POSITIONS, "model.position",
            f"must be one of {', '.join(POSITIONS)}, got {model_cfg.get('position')!r}")
+    _check(model_cfg.get("init", "reference") in INITS, "model.init",
+           f"must be one of {', '.join(INITS)}, got {model_cfg.get('init')!r}")
+    _check(model_cfg.get("short_conv", 0) >= 0, "model.short_conv",
+           f"must be 0 (off) or a kernel size >= 1, got {model_cfg.get('short_conv')!r}")
+    _check(model_cfg.get("order", "mixer_first") in ORDERS, "model.order",
+           f"must be one of {', '.join(ORDERS)}, got {model_cfg.get('order')!r}")
+    _check(model_cfg.get("mlp_activation", "gelu") in ACTIVATIONS, "model.mlp_activation",
+           f"must be one of {', '.join(ACTIVATIONS)}, got {model_cfg.get('mlp_activation')!r}")
+    _check(ratio > 0 or model_cfg.get("match_params") is None or model_cfg.get("match_by", "d_model+mlp") == "d_model",
+           "model.match_by", f"{model_cfg.get('match_by', 'd_model+mlp')!r} moves the MLP's width, but mlp_ratio is 0 "
+           "(no MLP); use match_by=d_model")
 
 
 def check_mixer_fields(mixer_cfg: dict) -> None:
@@ -283,7 +306,10 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
                              input_dim=task.input_dim if task.input_kind == "continuous" else 0,
                              output_dim=task.output_dim if task.output_kind == "continuous" else 0,
                              mlp_hidden=hidden, train_len=task.max_train_input_len(),
-                             position=model_cfg.get("position", "none"))
+                             position=model_cfg.get("position", "none"), init=model_cfg.get("init", "reference"),
+                             short_conv=model_cfg.get("short_conv", 0), order=model_cfg.get("order", "mixer_first"),
+                             mlp_activation=model_cfg.get("mlp_activation", "gelu"),
+                             final_norm=model_cfg.get("final_norm", True))
 
     matching = None
     target = model_cfg.get("match_params")

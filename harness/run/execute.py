@@ -35,6 +35,7 @@ from harness.run.config import CONF_DIR, ConfigError, check_forward, make_model,
 from harness.run.device import run_device, set_determinism
 from harness.run.environment import environment
 from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
+from harness.run.recipe import decoding_state, recipe
 from harness.run.records import FINISHED, read_record, record_path, run_id, write_atomic
 from harness.run.train import Diverged, Part, train, untimed
 
@@ -78,7 +79,7 @@ def evaluation_sets(cfg: dict, task) -> tuple[dict, dict]:
                   "sha256": {name: frozen.digest(batch) for name, batch in sets.items()}}
 
 
-def start_record(cfg: dict, task, model, eval_info: dict, env: dict, sets: dict) -> dict:
+def start_record(cfg: dict, task, model, eval_info: dict, env: dict, sets: dict, train_cfg, device) -> dict:
     """A run's record before it trains: what ran (config, backend, parameters, FLOPs, evaluation sets,
     environment); ``execute`` and ``harness.run.fused`` add the outcome."""
     return {
@@ -86,6 +87,9 @@ def start_record(cfg: dict, task, model, eval_info: dict, env: dict, sets: dict)
         "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
         "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
         "matching": model.matching, "eval_sets": eval_info, "state_bits": prompt_state_bits(model, sets),
+        "recipe": recipe(model, train_cfg, device),  # what trains, as run: exemptions, overrides, init, precision
+        # decoding state (values, all layers) after the task's longest input: the recall report's x-axis
+        "state": decoding_state(model, task.max_input_len()),
         "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -138,7 +142,7 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
             torch.set_num_threads(train_cfg.threads)
         with part("environment"):
             env = {**environment(device), **gpu_facts}
-        record = start_record(cfg, task, model, eval_info, env, sets)
+        record = start_record(cfg, task, model, eval_info, env, sets, train_cfg, device)
         log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
                  f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
         try:

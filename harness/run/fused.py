@@ -91,7 +91,7 @@ def execute_fused(cfgs: list[dict]) -> list[dict]:
         trainers, live = {}, {}
         for i in todo:
             cfg, (task, tc), model = cfgs[i], checked[i], members[i]
-            record = start_record(cfg, task, model, eval_info, env, sets)
+            record = start_record(cfg, task, model, eval_info, env, sets, tc, device)
             record["fused"] = {"method": METHOD, "members": ids, "differ_in": list(FUSABLE),
                                "memory": "peak of the whole group (one process)"}
             records[i] = record

@@ -1,6 +1,15 @@
 """The backbone every mixer drops into, identical for all of them.
 
 token embedding -> N x [norm -> mixer -> residual; norm -> MLP -> residual] -> final norm -> LM head.
+
+Options (conf/model/small.yaml holds their defaults, which are the layout above):
+- ``short_conv: k > 0``: Zoology's BaseConv (``ShortConv``: a depthwise causal convolution of ``k`` taps
+  gating a linear projection, plus its input) in a pre-norm residual sublayer before the mixer of
+  every block (Zoology alternates BaseConv layers with mixer layers; here each block has both);
+- ``mlp_ratio: 0``: no MLP sublayer (Zoology's recall models: their state mixer is the identity);
+- ``order: mlp_first``: the MLP sublayer before the mixer's (the TMM authors' MixerBlock);
+  ``mlp_activation``: ``gelu`` or ``silu``; ``final_norm: false``: no norm before the head;
+- ``init`` (``INITS``): ``reference`` (below), ``normal_002`` or ``kaiming`` (``initialise``).
 Tasks with continuous inputs or outputs (``input_dim`` / ``output_dim`` > 0, e.g. in-context
 regression) swap the token embedding for a linear read-in ``input_dim -> d_model`` and the LM head
 for a linear read-out ``d_model -> output_dim`` (as Garg et al. 2022 do around GPT-2); everything
@@ -22,20 +31,70 @@ from mixers.ops import flops as F
 
 
 POSITIONS = ("none", "learned")  # model.position: no position embedding, or GPT-2's learned absolute one
+ORDERS = ("mixer_first", "mlp_first")  # model.order: which sublayer of a block comes first
+ACTIVATIONS = {"gelu": nn.functional.gelu, "silu": nn.functional.silu}  # model.mlp_activation
+# model.init: each mixer's own initialisation inside the backbone's GPT-2 one (reference); or one
+# policy for every linear layer and embedding, mixers' included (``initialise``)
+INITS = ("reference", "normal_002", "kaiming")
+# linear layers whose output is added to the residual stream: the policies scale them as GPT-2 does
+RESIDUAL_OUTPUTS = ("out_proj", "o_proj", "mlp.proj")
 
 
 class MLP(nn.Module):
-    """Channel MLP ``d -> hidden -> d`` with GELU: ``(batch, n, d) -> (batch, n, d)``; ``hidden`` is
-    ``int(ratio * d)`` unless given (parameter matching sets it)."""
+    """Channel MLP ``d -> hidden -> d`` with GELU (or SiLU): ``(batch, n, d) -> (batch, n, d)``;
+    ``hidden`` is ``int(ratio * d)`` unless given (parameter matching sets it)."""
 
-    def __init__(self, d_model: int, ratio: float, hidden: int | None = None):
+    def __init__(self, d_model: int, ratio: float, hidden: int | None = None, activation: str = "gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"model.mlp_activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.hidden = int(hidden) if hidden else int(ratio * d_model)
+        self.activation = activation
         self.fc = nn.Linear(d_model, self.hidden)
         self.proj = nn.Linear(self.hidden, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(nn.functional.gelu(self.fc(x)))
+        return self.proj(ACTIVATIONS[self.activation](self.fc(x)))
+
+
+class ShortConv(nn.Module):
+    """Zoology's BaseConv with a short kernel (zoology/mixers/base_conv.py, ShortConvolution in
+    zoology/mixers/convolution.py): ``y = conv_k(u) * (W u + b) + u``, ``conv_k`` a depthwise causal
+    convolution of ``kernel_size`` taps with a bias (``nn.Conv1d(groups=d, padding=k - 1)``, the
+    last ``k - 1`` outputs dropped). ``u (batch, n, d) -> y (batch, n, d)``; its decoding state is
+    the last ``k - 1`` inputs, ``(batch, d, k - 1)``."""
+
+    def __init__(self, d_model: int, kernel_size: int):
+        super().__init__()
+        if kernel_size < 1:
+            raise ValueError(f"model.short_conv must be 0 (off) or a kernel size >= 1, got {kernel_size!r}")
+        self.d_model, self.kernel_size = d_model, kernel_size
+        self.conv = nn.Conv1d(d_model, d_model, kernel_size, groups=d_model, padding=kernel_size - 1)
+        self.projection = nn.Linear(d_model, d_model)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        n = u.shape[1]
+        conv = self.conv(u.transpose(1, 2))[..., :n].transpose(1, 2)
+        return conv * self.projection(u) + u
+
+    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(u)`` and the state after it: the last ``k - 1`` inputs, zeros before the start."""
+        past = nn.functional.pad(u.transpose(1, 2), (self.kernel_size - 1, 0))[..., u.shape[1]:]
+        return self.forward(u), past
+
+    def step(self, u: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token ``u (batch, d)`` after ``past (batch, d, k - 1)``: ``(y (batch, d), new past)``."""
+        window = torch.cat([past, u[:, :, None]], dim=-1)  # (batch, d, k): oldest tap first, as Conv1d's weight
+        conv = (window * self.conv.weight[:, 0, :]).sum(-1) + self.conv.bias
+        return conv * self.projection(u) + u, window[:, :, 1:]
+
+    def flops(self, length: int) -> float:
+        """The convolution (and its bias), the projection (and its bias), the gate's product and the skip add."""
+        n, d = length, self.d_model
+        return F.causal_depthwise_conv(n, d, self.kernel_size) + F.linear(n, d, d) + 4.0 * n * d
+
+    def state_size(self, length: int) -> int:
+        return self.d_model * (self.kernel_size - 1)
 
 
 def make_norm(kind: str, d_model: int) -> nn.Module:
@@ -47,16 +106,59 @@ def make_norm(kind: str, d_model: int) -> nn.Module:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``."""
+    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (``order="mlp_first"``:
+    the MLP's sublayer first); without an MLP (``mlp_ratio`` 0, no ``mlp_hidden``) the mixer's alone.
+    ``short_conv > 0`` puts ``x + ShortConv(norm(x))`` right before the mixer's sublayer."""
 
-    def __init__(self, d_model: int, mixer: nn.Module, mlp_ratio: float, norm: str, mlp_hidden: int | None = None):
+    def __init__(self, d_model: int, mixer: nn.Module, mlp_ratio: float, norm: str, mlp_hidden: int | None = None,
+                 short_conv: int = 0, order: str = "mixer_first", mlp_activation: str = "gelu"):
         super().__init__()
+        if order not in ORDERS:
+            raise ValueError(f"model.order must be one of {', '.join(ORDERS)}, got {order!r}")
+        self.order = order
         self.norm1, self.mixer = make_norm(norm, d_model), mixer
-        self.norm2, self.mlp = make_norm(norm, d_model), MLP(d_model, mlp_ratio, mlp_hidden)
+        has_mlp = bool(mlp_hidden) or mlp_ratio > 0
+        self.norm2 = make_norm(norm, d_model) if has_mlp else None
+        self.mlp = MLP(d_model, mlp_ratio, mlp_hidden, mlp_activation) if has_mlp else None
+        # built last, so that a model without one draws the same random numbers as before the option
+        self.conv_norm = make_norm(norm, d_model) if short_conv else None
+        self.short_conv = ShortConv(d_model, short_conv) if short_conv else None
+
+    def channel(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.mlp is None else x + self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.order == "mlp_first":
+            x = self.channel(x)
+        if self.short_conv is not None:
+            x = x + self.short_conv(self.conv_norm(x))
         x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        return self.channel(x) if self.order == "mixer_first" else x
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``forward(x)`` for ``x (batch, n, d)`` and the block's decoding state: the mixer's
+        (``"mixer"``) and the short convolution's last inputs (``"short_conv"``, when there is one)."""
+        state = {}
+        if self.order == "mlp_first":
+            x = self.channel(x)
+        if self.short_conv is not None:
+            y, state["short_conv"] = self.short_conv.prefill(self.conv_norm(x))
+            x = x + y
+        y, state["mixer"] = self.mixer.prefill(self.norm1(x))
+        x = x + y
+        return (self.channel(x) if self.order == "mixer_first" else x), state
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token ``x (batch, d)`` -> ``(batch, d)`` and the updated state (as ``prefill``'s)."""
+        new = {}
+        if self.order == "mlp_first":
+            x = self.channel(x)
+        if self.short_conv is not None:
+            y, new["short_conv"] = self.short_conv.step(self.conv_norm(x), state["short_conv"])
+            x = x + y
+        y, new["mixer"] = self.mixer.step(self.norm1(x), state["mixer"])
+        x = x + y
+        return (self.channel(x) if self.order == "mixer_first" else x), new
 
 
 class SequenceModel(nn.Module):
@@ -71,11 +173,14 @@ class SequenceModel(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, max_len: int, mixer: str,
                  mixer_options: dict | None = None, mlp_ratio: float = 4.0, norm: str = "layernorm",
                  tie_embeddings: bool = False, input_dim: int = 0, output_dim: int = 0, mlp_hidden: int | None = None,
-                 train_len: int | None = None, position: str = "none"):
+                 train_len: int | None = None, position: str = "none", init: str = "reference", short_conv: int = 0,
+                 order: str = "mixer_first", mlp_activation: str = "gelu", final_norm: bool = True):
         super().__init__()
         if position not in POSITIONS:
             raise ValueError(f"model.position must be one of {', '.join(POSITIONS)}, got {position!r}")
-        self.position = position
+        if init not in INITS:
+            raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
+        self.position, self.init, self.short_conv = position, init, short_conv
         self.vocab_size, self.d_model, self.n_layers, self.max_len = vocab_size, d_model, n_layers, max_len
         self.mixer_name, self.tie_embeddings = mixer, tie_embeddings
         self.input_dim, self.output_dim = input_dim, output_dim
@@ -90,13 +195,16 @@ class SequenceModel(nn.Module):
         self.embed = nn.Linear(input_dim, d_model) if input_dim else nn.Embedding(vocab_size, d_model)
         self.position_embed = nn.Embedding(max_len, d_model) if position == "learned" else None  # GPT-2's wpe
         self.blocks = nn.ModuleList(
-            Block(d_model, mixers.build(mixer, d_model, max_len, **options), mlp_ratio, norm, mlp_hidden)
+            Block(d_model, mixers.build(mixer, d_model, max_len, **options), mlp_ratio, norm, mlp_hidden,
+                  short_conv, order, mlp_activation)
             for _ in range(n_layers)
         )
-        self.norm = make_norm(norm, d_model)
+        self.norm = make_norm(norm, d_model) if final_norm else nn.Identity()
         # read-out: the LM head for tokens, a linear map with bias for values (Garg et al.'s read_out)
         self.head = nn.Linear(d_model, output_dim) if output_dim else nn.Linear(d_model, vocab_size, bias=False)
         self._init_backbone()
+        if init != "reference":
+            initialise(self, init)
         if tie_embeddings:
             self.head.weight = self.embed.weight
 
@@ -109,10 +217,20 @@ class SequenceModel(nn.Module):
             if getattr(layer, "bias", None) is not None:
                 nn.init.zeros_(layer.bias)
         for block in self.blocks:
-            nn.init.normal_(block.mlp.fc.weight, std=0.02)
-            nn.init.normal_(block.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.n_layers))
-            nn.init.zeros_(block.mlp.fc.bias)
-            nn.init.zeros_(block.mlp.proj.bias)
+            if block.mlp is not None:
+                nn.init.normal_(block.mlp.fc.weight, std=0.02)
+                nn.init.normal_(block.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.n_layers))
+                nn.init.zeros_(block.mlp.fc.bias)
+                nn.init.zeros_(block.mlp.proj.bias)
+        for block in self.blocks:  # Zoology's init of its BaseConv (zoology/model.py, _init_weights)
+            if block.short_conv is not None:
+                nn.init.normal_(block.short_conv.projection.weight, std=0.02)
+                nn.init.zeros_(block.short_conv.projection.bias)
+
+    def per_offset_kernels(self) -> set[str]:
+        """The backbone's parameters that hold one weight per sequence offset (the short convolutions'
+        filters): trained without weight decay, as the mixers' own (``harness.run.train.weight_decay_exempt``)."""
+        return {f"blocks.{i}.short_conv.conv.weight" for i, b in enumerate(self.blocks) if b.short_conv is not None}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens (batch, n)`` (or ``(batch, n, input_dim)``) -> ``logits (batch, n, vocab)`` (or
@@ -139,9 +257,7 @@ class SequenceModel(nn.Module):
         per-layer decoding states."""
         x, states = self.read_in(tokens, 0), []
         for block in self.blocks:
-            y, state = block.mixer.prefill(block.norm1(x))
-            x = x + y
-            x = x + block.mlp(block.norm2(x))
+            x, state = block.prefill(x)
             states.append(state)
         return self.head(self.norm(x)), states
 
@@ -152,16 +268,15 @@ class SequenceModel(nn.Module):
             raise ValueError("decode: a model with a learned position embedding needs the token's position")
         x, new = self.read_in(token[:, None], position or 0)[:, 0], []
         for block, state in zip(self.blocks, states):
-            y, state = block.mixer.step(block.norm1(x), state)
-            x = x + y
-            x = x + block.mlp(block.norm2(x))
+            x, state = block.step(x, state)
             new.append(state)
         return self.head(self.norm(x)), new
 
     def state_bits(self, length: int, bits_per_value: int = 32) -> float:
         """Bits of decoding state after ``length`` tokens, all layers (``Mixer.state_size`` values of
         ``bits_per_value`` bits): beside ``tasks.copy.string_bits`` it says when copying must fail."""
-        return float(sum(m.state_size(length) for m in self.mixer_modules) * bits_per_value)
+        convs = sum(b.short_conv.state_size(length) for b in self.blocks if b.short_conv is not None)
+        return float((sum(m.state_size(length) for m in self.mixer_modules) + convs) * bits_per_value)
 
     @property
     def mixer_modules(self) -> list[nn.Module]:
@@ -184,19 +299,26 @@ class SequenceModel(nn.Module):
         """Analytic forward FLOPs for one sequence of ``length`` tokens, by component.
 
         The token embedding is a lookup (0 FLOPs; a continuous read-in is a linear layer); each block
-        adds two norms, its mixer, the MLP and two residual adds; then the final norm and the head
-        (LM head or linear read-out).
+        adds two norms, its mixer, the MLP and two residual adds (one norm and one add fewer without
+        an MLP); then the final norm (when there is one) and the head (LM head or linear read-out).
+        With short convolutions, ``short_conv`` counts them with their norms and residual adds.
         """
         n, d, L = length, self.d_model, self.n_layers
-        hidden = self.blocks[0].mlp.hidden
+        mlp = self.blocks[0].mlp
+        hidden = 0 if mlp is None else mlp.hidden
+        sublayers = 2 if mlp is not None else 1
+        final = 0 if isinstance(self.norm, nn.Identity) else 1
         mixer_flops = sum(m.flops(n) for m in self.mixer_modules)
+        convs = {"short_conv": sum(b.short_conv.flops(n) + F.layer_norm(n, d) + n * d
+                                   for b in self.blocks if b.short_conv is not None)} if self.short_conv else {}
         return {
             "embedding": (F.linear(n, self.input_dim, d) + n * d if self.input_dim else 0.0)
             + (n * d if self.position_embed is not None else 0.0),  # the position embedding's add
             "mixer": mixer_flops,
             # two linear layers, GELU (counted 4 per element) and biases
-            "mlp": L * (F.linear(n, d, hidden) + F.linear(n, hidden, d) + 5.0 * n * hidden + n * d),
-            "norm_residual": (2 * L + 1) * F.layer_norm(n, d) + 2 * L * n * d,
+            "mlp": L * (F.linear(n, d, hidden) + F.linear(n, hidden, d) + 5.0 * n * hidden + n * d) if hidden else 0.0,
+            "norm_residual": (sublayers * L + final) * F.layer_norm(n, d) + sublayers * L * n * d,
+            **convs,
             "head": F.linear(n, d, self.output_dim) + n * self.output_dim if self.output_dim else F.linear(n, d, self.vocab_size),
         }
 
@@ -210,3 +332,34 @@ class SequenceModel(nn.Module):
     def step_flops(self, batch: int, length: int) -> float:
         """Training FLOPs of one step on ``(batch, length)`` inputs: 3 x forward."""
         return F.TRAIN_MULTIPLIER * (batch * self.flops(length) + self.parameter_flops(length))
+
+
+def initialise(model: SequenceModel, policy: str) -> None:
+    """Re-initialise every linear layer and embedding of ``model`` (the mixers' included) by one policy,
+    after the reference initialisation; other parameters (convolution filters, Toeplitz vectors,
+    state-space parameters) keep their mixer's own. A bias or weight marked ``_no_reinit`` (as
+    mamba_ssm marks ``dt_proj.bias``) is left alone, as Zoology's ``_init_weights`` does.
+
+    - ``normal_002``: Zoology's and fla's: weights normal(0, 0.02), biases 0, embeddings normal(0,
+      0.02); linear layers writing into the residual stream (``RESIDUAL_OUTPUTS``: ``out_proj``,
+      ``o_proj``, the MLP's ``proj``) at std 0.02 / sqrt(2 n_layers) (zoology/model.py, _init_weights);
+    - ``kaiming``: the TMM authors' (ToeplitzMixers, experiments/004-toeplitz-training/
+      toep_mixer_test.py, ``MLPMixer._init_weights``): ``kaiming_normal_`` (fan in, gain sqrt 2) for
+      every linear weight, the LM head's included, biases 0, the token embedding left at
+      ``nn.Embedding``'s N(0, 1).
+    """
+    if policy not in INITS[1:]:
+        raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {policy!r}")
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear):
+                if not getattr(module.weight, "_no_reinit", False):
+                    if policy == "kaiming":
+                        nn.init.kaiming_normal_(module.weight)
+                    else:
+                        residual = name.endswith(RESIDUAL_OUTPUTS)
+                        nn.init.normal_(module.weight, std=0.02 / math.sqrt(2 * model.n_layers) if residual else 0.02)
+                if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=1.0 if policy == "kaiming" else 0.02)

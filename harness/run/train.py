@@ -1,6 +1,6 @@
 """The training loop: AdamW (weight decay on what each mixer and the backbone do not exempt:
 ``weight_decay_exempt``; parameters with their own settings: ``learning_rate_overrides``), warmup +
-cosine decay, gradient clipping, bf16 autocast on GPU (bf16 elsewhere is refused by the config
+cosine (or linear) decay, gradient clipping, bf16 autocast on GPU (bf16 elsewhere is refused by the config
 check), periodic evaluation on the task's fixed sets, and the measurements every record carries."""
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class TrainConfig:
     eval_every: int
     eval_batch_size: int
     precision: str
+    schedule: str  # cosine | linear (SCHEDULES)
     threads: int | None = None
     progress: bool = True
     compile: str = "none"  # none | compile | cuda_graph (harness.run.step)
@@ -72,6 +73,7 @@ class TrainResult:
 
 
 EXEMPTION_RULES = ("conventions", "matrices")
+SCHEDULES = ("cosine", "linear")  # train.schedule: the decay after warm-up (``lr_factor``)
 
 
 def weight_decay_exempt(model: nn.Module, rule: str = "conventions") -> dict[str, str]:
@@ -91,7 +93,7 @@ def weight_decay_exempt(model: nn.Module, rule: str = "conventions") -> dict[str
         if isinstance(module, Mixer):
             exempt.update({f"{prefix}.{name}" if prefix else name: why for name, why in module.no_weight_decay().items()})
             inside.update(f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters())
-    backbone = conventional_exemptions(model)
+    backbone = conventional_exemptions(model, getattr(model, "per_offset_kernels", set)())
     exempt.update({name: why for name, why in backbone.items() if name not in inside})
     named = dict(model.named_parameters())
     return {name: exempt[name] for name in named if name in exempt}
@@ -122,11 +124,14 @@ def param_groups(model: nn.Module, weight_decay: float, rule: str = "conventions
     return [g for g in groups + special if g["params"]]
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup to 1 over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, schedule: str = "cosine") -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then cosine (or, ``schedule="linear"``, linear: the
+    Hugging Face Trainer's default) decay to ``min_ratio`` at ``total``."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return min_ratio + (1 - min_ratio) * (1 - progress)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -142,7 +147,7 @@ def train_step(model: nn.Module, task: Task, batch: Batch, optimizer: torch.opti
     """One optimisation step on ``batch``: the step's learning rate, forward (under the precision's
     autocast), the task's own loss, backward, gradient clipping, AdamW step. Gradients are left for
     the caller to clear (after it reads memory). Returns the loss (a 0-dim tensor, not synced)."""
-    factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.schedule)
     for group, base in zip(optimizer.param_groups, base_lrs):
         group["lr"] = base * factor
     with autocast_context(device, cfg.precision):

@@ -39,12 +39,33 @@ def test_recall_report_picks_the_best_learning_rate_and_draws_zoologys_figure(tm
     assert report.main(["--benchmark", "recall", f"results_dir={tmp_path}"]) == 0
     out = tmp_path / "recall" / "test"
     for name in ("table.md", "table.csv", "table.tex", "lr_sweep.csv", "accuracy_vs_d_model.png",
-                 "accuracy_vs_d_model.pdf"):
+                 "accuracy_vs_d_model.pdf", "accuracy_vs_state.png"):
         assert (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "table.csv")
-    assert sorted(zip(table["mixer"], table["d_model"])) == [("attention", 16), ("attention", 32), ("tmm", 16), ("tmm", 32)]
-    assert {"params", "best lr", "acc L16-kv2 (%)", "acc L32-kv4 (%)", "mean acc (%)"} <= set(table.columns)
+    models = table[~table["mixer"].str.startswith("reference")]
+    assert sorted(zip(models["mixer"], models["d_model"])) == [("attention", 16), ("attention", 32), ("tmm", 16), ("tmm", 32)]
+    assert {"params", "best lr", "acc L16-kv2 (%)", "acc L32-kv4 (%)", "mean acc (%)", "converged",
+            "state (values)"} <= set(table.columns)
+    references = table[table["mixer"].str.startswith("reference")]  # first: 1/K, then 2/V (V = 64)
+    assert list(table["mixer"][:2]) == list(references["mixer"])
+    assert list(references["acc L16-kv2 (%)"]) == ["50.00", "3.12"] and list(references["acc L32-kv4 (%)"]) == ["25.00", "3.12"]
+    assert "references 1/K and 2/V" in (out / "table.md").read_text()
     assert len(pd.read_csv(out / "lr_sweep.csv")) == 6
+
+
+def test_recall_cells_at_or_below_one_over_k_are_flagged_and_rising_runs_marked():
+    from harness.report.recall import convergence_note, flagged, protocol, still_rising
+
+    assert flagged([0.25, 0.25], 0.25).endswith("<=1/K") and not flagged([0.5, 0.3], 0.25).endswith("<=1/K")
+
+    def run(*accs):
+        return {"curve": [{"accuracy_in": a} for a in accs]}
+    assert still_rising(run(0.1, 0.5, 0.6, 0.7)) == pytest.approx(0.2)  # +20 pts over the last 3 evals
+    assert still_rising(run(0.1, 0.700, 0.704, 0.708)) is None            # +0.8 pt: flat
+    assert still_rising(run(0.5, 0.9, 0.995)) is None                     # at Zoology's 99% stop
+    assert convergence_note([run(0.1, 0.5, 0.6, 0.7), run(0.7, 0.7, 0.7)]).startswith("pre-convergence (1/2 runs")
+    assert convergence_note([run(0.7, 0.7, 0.7)]) == "yes"
+    assert "2402.18668" in protocol("recall_benchmark") and "2312.04927" in protocol("recall_zoology_figure2")
 
 
 def test_best_lr_is_the_highest_mean_accuracy_over_seeds():

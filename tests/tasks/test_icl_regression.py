@@ -118,7 +118,7 @@ def test_training_loop_tells_the_task_its_step():
     model = SequenceModel(0, 16, 1, 14, "attention", input_dim=3, output_dim=1)
     cfg = TrainConfig(profile="test", steps=6, batch_size=2, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95),
                       warmup_steps=0, min_lr_ratio=0.1, grad_clip=1.0, eval_every=6, eval_batch_size=8,
-                      precision="fp32", progress=False, weight_decay_exempt="conventions")
+                      precision="fp32", progress=False, weight_decay_exempt="conventions", schedule="cosine")
     train(model, task, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert seen == [6, 6, 10, 10, 14, 14]  # 3, 5, 7 examples: 2 positions each
 
