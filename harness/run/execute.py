@@ -37,6 +37,7 @@ from harness.run.environment import environment
 from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
 from harness.run.records import FINISHED, read_record, record_path, run_id, write_atomic
 from harness.run.train import Diverged, Part, train, untimed
+from harness.run.weights import keep as keep_weights
 
 log = logging.getLogger("mixbench")
 # The parts of a run that ``execute(cfg, part)`` announces, with what each covers (overhead's table).
@@ -139,6 +140,7 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
                 record.update(oom_fields(err, sizes, device))
             else:
                 record.update(failed_fields(err))
+        keep_weights(model, cfg, path, record["status"])  # save_weights=true: the trained weights beside the record
         model = None  # free the device before the next job of this process  # noqa: F841
         record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         with part("write"):

@@ -16,7 +16,8 @@ NON_IDENTITY_TRAIN_KEYS = ("progress",)
 ADDED_KEYS = {"deterministic": False, "model.position": "none", "task.curriculum": False,
               "task.curriculum_start_dims": 5, "task.curriculum_start_points": 11, "task.curriculum_interval": 2000,
               "mixer.position": "rope", "mixer.masked_heads": 2, "task.train_automata": None,
-              "task.eos": False, "task.packed_length": None}
+              "task.eos": False, "task.packed_length": None,
+              "save_weights": False}
 # Statuses that are a result of the config (skipped on a rerun unless force=true); ``oom`` and
 # ``failed`` depend on the machine or the code, so a rerun tries them again.
 FINISHED = ("ok", "diverged")
