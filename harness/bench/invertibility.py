@@ -100,7 +100,8 @@ def winding_number(kernel: np.ndarray, min_points: int = 4096, max_points: int =
         step = 2 * math.pi / points
         chord = 1j * step * symbol_on_circle(lags * k, points)  # a'(theta_m) * step: the tangent segment
         certified = bool((segment_distance(a, chord) > curvature * step**2 / 2).all())
-        if certified or points >= max_points:
+        touching = float(np.abs(a).min()) < margin * norm1  # a zero (nearly) on the circle: no finer grid helps
+        if certified or touching or points >= max_points:
             break
         points *= 2
     modulus = float(np.abs(a).min())
