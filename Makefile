@@ -16,7 +16,8 @@ LAUNCH      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS))
 SIZE        = $(shell $(PY) -m harness.launch --suffix)
 
 .PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
-        scaling-benchmark generation-benchmark overhead-benchmark report clean
+        scaling-benchmark generation-benchmark overhead-benchmark retention-benchmark invertibility-benchmark \
+        report clean
 
 help:  ## this list
 	@grep -E '^[a-z][a-zA-Z_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
@@ -47,6 +48,14 @@ recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup  ## MQAR, in-con
 	$(PY) -m harness.freeze_eval +experiment=$*_benchmark$(SIZE) $(ARGS)
 	$(PY) -m harness.run --multirun +experiment=$*_benchmark$(SIZE) $(LAUNCH) $(ARGS)
 	$(PY) -m harness.report --benchmark $*_benchmark $(REPORT_ARGS)
+
+# The TMM paper's two claims on frozen models: train the runs they need (conf/experiment/tmm_claims*.yaml,
+# weights kept; finished runs are skipped), then measure the trained models and their random-init twins.
+# On a CPU-only machine the Toeplitz mixers and attention only.
+retention-benchmark invertibility-benchmark: CPU_MIXERS = tnn,hyena,tmm,tmm_flat,attention
+retention-benchmark invertibility-benchmark: %-benchmark: setup  ## TMM claims: input retained by one hidden state / Fredholm index of Toeplitz layers
+	$(PY) -m harness.run --multirun +experiment=tmm_claims$(SIZE) $(LAUNCH) $(ARGS)
+	$(PY) -m harness.bench.$* benchmark=tmm_claims profile=$(if $(SIZE),cpu,gpu) $(REPORT_ARGS)
 
 scaling-benchmark: setup  ## forward + backward time and memory against sequence length (conf/scaling/)
 	$(PY) -m harness.bench.scaling $(ARGS)

@@ -31,7 +31,7 @@ class AutoencodeTask(Task):
 
     name = "autoencode"
 
-    def __init__(self, vocab_size: int = 64, seq_len: int = 64, delay: int = 0, eval_samples: int = 256,
+    def __init__(self, vocab_size: int = 64, seq_len: int = 256, delay: int = 0, eval_samples: int = 256,
                  eval_seed: int = 1234):
         require(vocab_size >= 2, "vocab_size", f"must be >= 2, got {vocab_size}")
         require(seq_len >= 1, "seq_len", f"must be >= 1, got {seq_len}")
