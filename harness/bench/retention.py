@@ -19,7 +19,8 @@ out is what the state holds, whichever mixer made it.) The decoder trains with A
 ``train_samples`` encoded sequences for ``steps`` steps and is measured on ``eval_samples`` others:
 cross-entropy (nats) and accuracy per position and overall. Inputs: ``text`` (windows of the run's
 text corpus: lm_text / copy_text runs; training windows from the training stream, measured ones from
-the validation stream) and ``random`` (tokens uniform over the model's vocabulary). Writes
+the validation stream) and ``random`` (tokens uniform over the model's vocabulary). Inputs are drawn
+on the CPU (the same on every machine); the model and decoder run on ``device``. Writes
 ``<results_dir>/retention/<profile>/``: ``retention.{md,csv,tex}`` (overall), ``positions.csv`` (per
 position, with distance = length - 1 - position from the embedded token) and
 ``retention.{png,pdf}`` (accuracy against distance, one panel per input kind).
@@ -38,7 +39,7 @@ from torch.nn import functional as TF
 from harness.bench.trained import RANDOM, models
 from harness.launch.entry import entry_point
 from harness.report.kit import mixer_colors, save_figure, write_table
-from harness.run.config import ConfigError
+from harness.run.config import ConfigError, resolve_device
 from harness.run.model import SequenceModel
 from harness.run.records import results_folder
 
@@ -102,11 +103,12 @@ def train_decoder(train_states: torch.Tensor, train_tokens: torch.Tensor, vocab:
     d = cfg["decoder"]
     torch.manual_seed(d["seed"])  # the decoder's initialisation: the same for every mixer
     decoder = ReconstructionDecoder(train_states.shape[1], train_tokens.shape[1], vocab, d["width"], d["depth"])
+    decoder = decoder.to(train_states.device)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=d["lr"], weight_decay=d["weight_decay"])
     for step in range(d["steps"]):
         for group in optimizer.param_groups:  # cosine decay to 10%
             group["lr"] = d["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, d["steps"]))))
-        pick = torch.randint(0, len(train_states), (d["batch_size"],), generator=generator)
+        pick = torch.randint(0, len(train_states), (d["batch_size"],), generator=generator).to(train_states.device)
         logits = decoder(train_states[pick])
         loss = TF.cross_entropy(logits.flatten(0, 1), train_tokens[pick].flatten())
         optimizer.zero_grad(set_to_none=True)
@@ -125,6 +127,8 @@ def measure(model: SequenceModel, task, kind: str, cfg: dict) -> dict | None:
     if train_tokens is None:
         return None
     eval_tokens = input_tokens(kind, task, cfg["eval_samples"], length, "validation", data)
+    device = next(model.parameters()).device
+    train_tokens, eval_tokens = train_tokens.to(device), eval_tokens.to(device)
     train_states = hidden_state(model, train_tokens, cfg["layer"])
     eval_states = hidden_state(model, eval_tokens, cfg["layer"])
     decoder = train_decoder(train_states, train_tokens, task.vocab_size, cfg, data)
@@ -176,9 +180,12 @@ def main_with(cfg: dict) -> pd.DataFrame:
     """Retention of every model ``cfg`` names on every input kind; writes tables and the plot, returns the summary."""
     check(cfg)
     out_dir = results_folder(cfg["results_dir"], "retention") / cfg["profile"]
-    torch.set_num_threads(cfg["threads"]) if cfg.get("threads") else None
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    device = resolve_device(cfg["device"])
     summary, positions = [], []
     for state, model, run_cfg, task, stem in models(cfg):
+        model.to(device)
         for kind in cfg["inputs"]:
             result = measure(model, task, kind, cfg)
             if result is None:
@@ -192,6 +199,7 @@ def main_with(cfg: dict) -> pd.DataFrame:
             positions += [{**base, "position": p, "distance": n - 1 - p, "accuracy": a, "loss": l}
                           for p, (a, l) in enumerate(zip(result["accuracy_per_position"], result["loss_per_position"]))]
             log.info("%s (%s, %s inputs): accuracy %.3f, loss %.3f", stem, state, kind, result["accuracy"], result["loss"])
+        model.cpu()
     if not summary:
         raise ConfigError("inputs: no model had inputs of these kinds (text needs lm_text / copy_text runs)")
     table, by_position = pd.DataFrame(summary), pd.DataFrame(positions)

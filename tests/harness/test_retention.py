@@ -76,6 +76,20 @@ def test_the_benchmark_measures_text_and_random_inputs_and_writes_its_files(tmp_
         assert (out / name).exists(), name
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_benchmark_runs_on_the_gpu_and_measures_what_the_cpu_does(tmp_path):
+    cfg = make_config("mixer=tmm", "task=autoencode", "task.seq_len=8", "task.vocab_size=8", "model.d_model=16",
+                      "mixer.heads=2", results_dir=tmp_path)
+    model, _ = build_untrained(cfg)
+    path = save(model, cfg, record_path(tmp_path / "runs", cfg))
+    tables = {device: ret.main_with(bench_config(runs=[str(path)], results_dir=str(tmp_path), profile=device, device=device,
+                                                 inputs=["random"], train_samples=256, eval_samples=64,
+                                                 decoder={"steps": 50, "width": 32}))
+              for device in ("cpu", "cuda")}
+    assert (tables["cpu"]["accuracy"] - tables["cuda"]["accuracy"]).abs().max() < 0.1
+
+
 @pytest.mark.parametrize("changes, field", [({"inputs": ["speech"]}, "inputs"), ({"train_samples": 0}, "train_samples"),
                                             ({"decoder": {"width": 0}}, "decoder.width"), ({"benchmark": "none"}, "benchmark")])
 def test_bad_settings_name_the_field(tmp_path, changes, field):
