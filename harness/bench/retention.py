@@ -23,7 +23,7 @@ the validation stream) and ``random`` (tokens uniform over the model's vocabular
 on the CPU (the same on every machine); the model and decoder run on ``device``. Writes
 ``<results_dir>/retention/<profile>/``: ``retention.{md,csv,tex}`` (overall), ``positions.csv`` (per
 position, with distance = length - 1 - position from the embedded token) and
-``retention.{png,pdf}`` (accuracy against distance, one panel per input kind).
+``retention.{png,pdf}`` (accuracy against distance, one panel per input kind and task).
 """
 from __future__ import annotations
 
@@ -139,26 +139,37 @@ def measure(model: SequenceModel, task, kind: str, cfg: dict) -> dict | None:
 
 
 def plot(positions: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Reconstruction accuracy against distance from the embedded token, one panel per input kind:
-    solid trained, dashed random init, one colour per mixer."""
+    """Reconstruction accuracy against distance from the embedded token, one panel per (input kind, task
+    the model was trained on): one colour per mixer, solid trained, dashed the same model at initialisation."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    kinds = [k for k in INPUTS if k in set(positions["inputs"])]
-    colors = mixer_colors(sorted(set(positions["mixer"])))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 2.6), squeeze=False, sharey=True)
-    for ax, kind in zip(axes[0], kinds):
-        part = positions[positions["inputs"] == kind]
-        for (mixer, task, state), g in part.groupby(["mixer", "task", "state"], sort=True):
+    panels = [(k, t) for k in INPUTS for t in sorted(set(positions["task"])) if
+              ((positions["inputs"] == k) & (positions["task"] == t)).any()]
+    mixers = sorted(set(positions["mixer"]))
+    colors = mixer_colors(mixers)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (kind, task) in zip(axes.flat, panels):
+        part = positions[(positions["inputs"] == kind) & (positions["task"] == task)]
+        for (mixer, state), g in part.groupby(["mixer", "state"], sort=True):
             g = g.sort_values("distance")
             ax.plot(g["distance"], g["accuracy"], color=colors[mixer], linestyle="--" if state == RANDOM else "-",
-                    linewidth=1.0, label=f"{mixer} ({task}, {state})")
-        ax.set_title(f"{kind} inputs", fontsize=8)
-        ax.set_xlabel("distance from the embedded (last) token", fontsize=7)
+                    linewidth=0.9)
+        ax.set_title(f"{kind} inputs, {task} models", fontsize=7)
+        ax.set_xlabel("distance from the embedded token", fontsize=6)
         ax.tick_params(labelsize=6)
         ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("reconstruction accuracy", fontsize=7)
-    axes[0][-1].legend(fontsize=5, frameon=False, loc="upper right")
-    fig.tight_layout()
+    for row in axes:
+        row[0].set_ylabel("reconstruction accuracy", fontsize=6)
+    handles = [Line2D([], [], color=colors[m], label=m) for m in mixers] + [
+        Line2D([], [], color="black", label="trained"), Line2D([], [], color="black", linestyle="--", label=RANDOM)]
+    fig.legend(handles=handles, fontsize=6, frameon=False, loc="lower center", ncol=len(handles),
+               bbox_to_anchor=(0.5, -0.04))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save_figure(fig, out_dir, "retention")
 
 
