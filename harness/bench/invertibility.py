@@ -182,7 +182,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- plots ---------------------------------------------------------------------------------------
-def plot_winding(spectra: list[dict], out_dir: Path, points: int = 2048) -> list[Path]:
+def plot_winding(spectra: list[dict], out_dir: Path, points_per_tap: int = 64) -> list[Path]:
     """Symbol curves ``a(e^{i theta})`` of a few kernels per model (one panel per model), the origin marked."""
     import matplotlib.pyplot as plt
 
@@ -194,13 +194,14 @@ def plot_winding(spectra: list[dict], out_dir: Path, points: int = 2048) -> list
         ax.axis("off")
     for ax, group in zip(axes.flat, groups):
         for s in (s for s in spectra if (s["source"], s["state"]) == group):
-            a = symbol_on_circle(s["vector"], max(points, len(s["vector"])))
+            a = symbol_on_circle(s["vector"], max(2048, points_per_tap * len(s["vector"])))
             a = np.append(a, a[:1])
-            ax.plot(a.real, a.imag, linewidth=0.5)
+            ax.plot(a.real, a.imag, linewidth=0.3)
         ax.scatter([0], [0], color="red", s=6, zorder=3)
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_title(f"{group[0]}\n{group[1]}", fontsize=6)
     fig.suptitle("Toeplitz symbols on the unit circle (red: origin)", fontsize=8)
+    fig.tight_layout()
     return save_figure(fig, out_dir, "winding")
 
 
