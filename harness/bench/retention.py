@@ -101,8 +101,9 @@ def train_decoder(train_states: torch.Tensor, train_tokens: torch.Tensor, vocab:
                   generator: torch.Generator) -> ReconstructionDecoder:
     """A decoder fitted to reconstruct ``train_tokens (m, length)`` from ``train_states (m, d_model)``."""
     d = cfg["decoder"]
-    torch.manual_seed(d["seed"])  # the decoder's initialisation: the same for every mixer
-    decoder = ReconstructionDecoder(train_states.shape[1], train_tokens.shape[1], vocab, d["width"], d["depth"])
+    with torch.random.fork_rng(devices=[]):  # the decoder's initialisation, the same for every mixer; caller's RNG untouched
+        torch.manual_seed(d["seed"])
+        decoder = ReconstructionDecoder(train_states.shape[1], train_tokens.shape[1], vocab, d["width"], d["depth"])
     decoder = decoder.to(train_states.device)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=d["lr"], weight_decay=d["weight_decay"])
     for step in range(d["steps"]):

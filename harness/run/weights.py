@@ -90,8 +90,9 @@ def find_weights(source: str | Path, results_dir: Path | str = "results") -> Pat
 def build_untrained(cfg: dict) -> tuple[SequenceModel, Task]:
     """The model of run config ``cfg`` at its initialisation (seeded by ``cfg['seed']`` as a run is), and its task."""
     task, _ = validate(cfg, check_device=False)
-    torch.manual_seed(cfg["seed"])
-    return make_model(cfg["model"], cfg["mixer"], task), task
+    with torch.random.fork_rng(devices=[]):  # seeded as execute seeds a run; the caller's RNG state is kept
+        torch.manual_seed(cfg["seed"])
+        return make_model(cfg["model"], cfg["mixer"], task), task
 
 
 def load_trained(source: str | Path, results_dir: Path | str = "results") -> tuple[SequenceModel, dict, Task]:

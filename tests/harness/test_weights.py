@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.run.config import ConfigError, validate
+from harness.run.config import ConfigError, make_model, validate
 from harness.run.execute import execute
 from harness.run.records import record_path, run_id
 from harness.run.weights import build_untrained, config_path, find_weights, load_trained, weights_path
@@ -51,3 +51,11 @@ def test_save_weights_default_keeps_record_ids_and_true_makes_a_new_run():
 def test_save_weights_must_be_a_boolean():
     with pytest.raises(ConfigError, match="save_weights"):
         validate({**make_config("mixer=tmm", *TINY_AE), "save_weights": "yes"}, check_device=False)
+
+
+def test_the_untrained_twin_is_the_runs_initialisation(tmp_path):
+    cfg = make_config("mixer=tmm", "mixer.heads=2", *TINY_AE, "train.steps=1", "save_weights=true", results_dir=tmp_path)
+    twin, _ = build_untrained(cfg)
+    torch.manual_seed(cfg["seed"])  # what execute does before building the model
+    expected = make_model(cfg["model"], cfg["mixer"], validate(cfg, check_device=False)[0])
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), expected.state_dict().values()))
