@@ -21,10 +21,10 @@ SIZE        = $(shell $(PY) -m harness.launch --suffix)
 
 .PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
         recall-zoology-figure2 recall-window-sweep recall-state-sweep scaling-benchmark generation-benchmark \
-        overhead-benchmark throughput-benchmark report clean
+        overhead-benchmark throughput-benchmark retention-benchmark invertibility-benchmark report clean
 
 help:  ## this list
-	@grep -E '^[a-z][a-zA-Z_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
+	@grep -E '^[a-z][a-zA-Z0-9_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
 	  awk -F'|' '{ printf "%-62s %s\n", $$1, $$2 }'
 
 setup: $(STAMP)  ## a virtual environment in .venv with the project installed (editable)
@@ -60,6 +60,14 @@ recall-zoology-figure2 recall-window-sweep recall-state-sweep: setup  ## MQAR: Z
 	$(PY) -m harness.freeze_eval +experiment=$(subst -,_,$@)$(SIZE) $(ARGS)
 	$(PY) -m harness.run --multirun +experiment=$(subst -,_,$@)$(SIZE) $(if $(findstring figure2,$@),$(call launch,+experiment=$(subst -,_,$@)$(SIZE)),$(call launch_own,+experiment=$(subst -,_,$@)$(SIZE))) $(ARGS)
 	$(PY) -m harness.report --benchmark $(subst -,_,$@) $(REPORT_ARGS)
+
+# The TMM paper's two claims on frozen models: train the runs they need (conf/experiment/tmm_claims*.yaml,
+# weights kept; finished runs are skipped), then measure the trained models and their random-init twins.
+# On a CPU-only machine the Toeplitz mixers and attention only.
+retention-benchmark invertibility-benchmark: CPU_MIXERS = tnn,hyena,tmm,tmm_flat,attention
+retention-benchmark invertibility-benchmark: %-benchmark: setup  ## TMM claims: input retained by one hidden state / Fredholm index of Toeplitz layers
+	$(PY) -m harness.run --multirun +experiment=tmm_claims$(SIZE) $(call launch,+experiment=tmm_claims$(SIZE)) $(ARGS)
+	$(PY) -m harness.bench.$* benchmark=tmm_claims profile=$(if $(SIZE),cpu,gpu) $(REPORT_ARGS)
 
 scaling-benchmark: setup  ## forward + backward time and memory against sequence length (conf/scaling/)
 	$(PY) -m harness.bench.scaling $(ARGS)

@@ -2,7 +2,8 @@
 
 Config schema and checks (``config``, ``fields``), building the task and the model (``model``,
 ``matching``), training (``train``, ``memory``), the device a run holds (``device``, ``gpus``),
-evaluation sets (``eval_sets``, ``freeze_eval``), records (``records``), faults (``faults``), the
+evaluation sets (``eval_sets``, ``freeze_eval``), records (``records``), trained weights kept on
+request and the model rebuilt from them (``weights``), faults (``faults``), the
 environment a record notes (``environment``), and ``execute``, which runs one config and writes its
 record. ``python -m harness.run`` is the Hydra entry point. Imports only itself, ``mixers`` and ``tasks``.
 """

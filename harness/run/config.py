@@ -29,7 +29,7 @@ NORMS = ("layernorm", "rmsnorm")
 GROUPS = ("mixer", "task", "model", "train")
 # Top-level fields besides the groups, with their types (conf/config.yaml holds their defaults).
 TOP_LEVEL = {"benchmark": str, "seed": int, "device": str, "results_dir": str, "force": bool,
-             "concurrent_runs": int, "deterministic": bool, "gpu": dict}
+             "concurrent_runs": int, "deterministic": bool, "save_weights": bool, "gpu": dict}
 MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_embeddings": bool,
          "max_len": int | None}
 # optional backbone fields: parameter matching (conf/model/matched.yaml) and an explicit MLP width

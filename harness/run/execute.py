@@ -38,6 +38,7 @@ from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
 from harness.run.recipe import decoding_state, recipe
 from harness.run.records import FINISHED, read_record, record_path, run_id, write_atomic
 from harness.run.train import Diverged, Part, train, untimed
+from harness.run.weights import keep as keep_weights
 
 log = logging.getLogger("mixbench")
 # The parts of a run that ``execute(cfg, part)`` announces, with what each covers (overhead's table).
@@ -164,6 +165,7 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
             record.update(status="diverged", diverged_step=err.step, error=str(err))
         except Exception as err:  # recorded, and the sweep goes on
             record.update(fault_record_fields(err, cfg, train_cfg, task, record, device))
+        keep_weights(model, cfg, path, record["status"])  # save_weights=true: the trained weights beside the record
         model = None  # free the device before the next job of this process  # noqa: F841
         record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         with part("write"):
