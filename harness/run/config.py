@@ -17,6 +17,7 @@ from harness.run import fields as F
 from harness.run.faults import is_out_of_memory
 from harness.run.matching import MatchError, match_parameters
 from harness.run.model import POSITIONS, SequenceModel
+from harness.run.records import plain_name_problem
 from harness.run.train import EXEMPTION_RULES, TrainConfig
 import mixers
 import tasks
@@ -35,6 +36,10 @@ MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_
 MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float,
                   "position": str}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
+# Mixer options that are sizes or counts wherever a mixer has them: an integer >= 1 (or null where
+# the mixer allows it); a zero or negative one would otherwise fail deep inside the mixer.
+POSITIVE_MIXER_OPTIONS = ("heads", "headdim", "d_state", "d_conv", "expand", "ngroups", "chunk_size",
+                          "subchunk_size", "block_size", "feature_dim", "rpe_dim", "rpe_layers")
 MAX_SEED = 2**63 - 1
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -46,6 +51,12 @@ class ConfigError(ValueError):
 def _check(condition: bool, field: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+def _check_name(field: str, value: object) -> None:
+    problem = plain_name_problem(field, value)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_type(field: str, value: object, annotation: object) -> None:
@@ -150,6 +161,7 @@ def check_top_level(cfg: dict) -> None:
     _check(0 <= cfg["seed"] <= MAX_SEED, "seed", f"must be an integer in [0, 2**63), got {cfg['seed']}")
     _check(cfg["device"] in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {cfg['device']!r}")
     _check(cfg["benchmark"] != "", "benchmark", "must be a non-empty name")
+    _check_name("benchmark", cfg["benchmark"])  # it names the report's folder
     _check(cfg["results_dir"] != "", "results_dir", "must be a non-empty path")
     _check(cfg["concurrent_runs"] >= 1, "concurrent_runs", f"must be an integer >= 1, got {cfg['concurrent_runs']}")
     SCHEMA["gpu"].check("gpu", cfg["gpu"], "gpu.")
@@ -174,6 +186,7 @@ def make_task(task_cfg: dict) -> Task:
 def make_train_config(train_cfg: dict) -> TrainConfig:
     SCHEMA["train"].check("train", train_cfg, "train.")
     tc = TrainConfig(**train_cfg)
+    _check_name("train.profile", tc.profile)  # it names the report's folder
     _check(tc.steps >= 1, "train.steps", f"must be an integer >= 1, got {tc.steps!r}")
     _check(tc.batch_size >= 1, "train.batch_size", f"must be an integer >= 1, got {tc.batch_size!r}")
     _check(tc.lr > 0, "train.lr", f"must be > 0, got {tc.lr}")
@@ -221,6 +234,8 @@ def check_mixer_fields(mixer_cfg: dict) -> None:
     for key, value in options.items():
         if key in hints:
             _check_type(f"mixer.{key}", value, hints[key])
+        if key in POSITIVE_MIXER_OPTIONS and isinstance(value, int) and not isinstance(value, bool):
+            _check(value >= 1, f"mixer.{key}", f"must be an integer >= 1, got {value}")
 
 
 def validate(cfg: dict, check_device: bool = True) -> tuple[Task, TrainConfig]:

@@ -35,7 +35,8 @@ from harness.run.config import CONF_DIR, ConfigError, check_forward, make_model,
 from harness.run.device import run_device, set_determinism
 from harness.run.environment import environment
 from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
-from harness.run.records import FINISHED, read_record, record_path, run_id, write_atomic
+from harness.run.records import (FINISHED, RunLock, check_writable, read_record, record_path, rerun_path, run_id,
+                                 write_atomic)
 from harness.run.train import Diverged, Part, train, untimed
 
 log = logging.getLogger("mixbench")
@@ -48,6 +49,15 @@ PARTS = {"validate": "validate config, build task", "resume": "resume check", "b
 # conf/hydra/launcher/gpu_parallel.yaml: one parallel job per GPU slot of this machine
 OmegaConf.register_new_resolver("gpu_slots", lambda per_gpu=1: max(1, torch.cuda.device_count()) * int(per_gpu),
                                 replace=True)
+
+
+def finished_at(path: Path) -> dict | None:
+    """The finished (``ok`` or ``diverged``) record at ``path``, if there is a readable one."""
+    try:
+        existing = read_record(path)
+    except (OSError, ValueError):
+        return None
+    return existing if existing["status"] in FINISHED else None
 
 
 def finished_record(path: Path, force: bool) -> dict | None:
@@ -66,6 +76,15 @@ def finished_record(path: Path, force: bool) -> dict | None:
     return None
 
 
+def keeps_previous(previous: dict | None, status: str) -> bool:
+    """Whether a (forced) rerun ending with ``status`` must be kept beside ``previous`` rather than
+    replace it: a failed rerun never deletes a finished result (only an ``ok`` rerun replaces an
+    ``ok`` record, and an ``ok`` or ``diverged`` one a ``diverged`` record)."""
+    if previous is None:
+        return False
+    return status != "ok" and (previous["status"] == "ok" or status not in FINISHED)
+
+
 def evaluation_sets(cfg: dict, task) -> tuple[dict, dict]:
     """The task's evaluation sets (the frozen copy on disk when there is one) and what the record says
     of them: source, id and SHA-256 digests."""
@@ -81,40 +100,62 @@ def evaluation_sets(cfg: dict, task) -> tuple[dict, dict]:
 def execute(cfg: dict, part: Part = untimed) -> dict:
     """Run one resolved configuration and return its record (also written to disk).
 
-    Bad configuration raises ``ConfigError`` before anything trains. A run that diverges, runs out
-    of memory or fails otherwise is recorded with that status instead of raising. ``part(name)``
-    is entered around each part of the run (``PARTS``; the overhead benchmark times them).
+    Bad configuration, or a results folder where records cannot be written, raises ``ConfigError``
+    before anything trains. Everything from building the model on is the recorded part: a run that
+    diverges, runs out of memory (also while building) or fails otherwise is recorded with that
+    status instead of raising. A run in flight in another process (another sweep over the same
+    folder: its lock is held) is skipped and its record not touched: the returned dict has status
+    ``in_flight`` and is not written. ``part(name)`` is entered around each part of the run
+    (``PARTS``; the overhead benchmark times them).
     """
     with part("validate"):
         task, train_cfg = validate(cfg)
     with part("resume"):
-        path = record_path(Path(cfg["results_dir"]) / "runs", cfg)
+        runs_dir = Path(cfg["results_dir"]) / "runs"
+        path = record_path(runs_dir, cfg)
         existing = finished_record(path, cfg["force"])
     if existing is not None:
         return existing
+    problem = check_writable(runs_dir)
+    if problem:
+        raise ConfigError(problem)  # before training, not after: the results would be thrown away
+    lock = RunLock(path)
+    if not lock.acquire():
+        log.info("skip: run %s is in flight in another process (lock %s held)", run_id(cfg), lock.path)
+        return {"id": run_id(cfg), "status": "in_flight", "config": cfg, "lock": str(lock.path)}
+    try:
+        existing = finished_record(path, cfg["force"])  # another sweep may have finished it meanwhile
+        if existing is not None:
+            return existing
+        return execute_locked(cfg, task, train_cfg, path, part)
+    finally:
+        lock.release()
+
+
+def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
+    """The recorded part of ``execute``, under the run's lock: build, train, evaluate, write."""
     torch.manual_seed(cfg["seed"])  # model initialisation; data comes from its own generator below
-    with part("build"):
-        model = make_model(cfg["model"], cfg["mixer"], task)  # on CPU; a mixer refusing its options is a ConfigError
-    with part("eval_sets"):
-        sets, eval_info = evaluation_sets(cfg, task)
-    with contextlib.ExitStack() as held:
-        with part("device"):
-            device, gpu_facts = held.enter_context(run_device(cfg))  # a GPU slot, held until the run ends
-            set_determinism(cfg["deterministic"])
-        if train_cfg.threads:
-            torch.set_num_threads(train_cfg.threads)
-        with part("environment"):
-            env = {**environment(device), **gpu_facts}
-        record = {
-            "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
-            "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
-            "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
-            "matching": model.matching, "eval_sets": eval_info,
-            "environment": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"], task.name,
-                 f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
-        try:
+    record = {"id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
+              "mixer": cfg["mixer"]["name"], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    device = torch.device("cpu")  # the model is built on CPU
+    model = None
+    try:
+        with part("build"):
+            model = make_model(cfg["model"], cfg["mixer"], task)  # on CPU; a mixer refusing its options is a ConfigError
+        record.update(backend=model.backend, params=model.parameter_counts(), max_len=model.max_len,
+                      flops_per_sequence=model.flop_terms(task.max_input_len()), matching=model.matching)
+        with part("eval_sets"):
+            sets, record["eval_sets"] = evaluation_sets(cfg, task)
+        with contextlib.ExitStack() as held:
+            with part("device"):
+                device, gpu_facts = held.enter_context(run_device(cfg))  # a GPU slot, held until the run ends
+                set_determinism(cfg["deterministic"])
+            if train_cfg.threads:
+                torch.set_num_threads(train_cfg.threads)
+            with part("environment"):
+                record["environment"] = {**environment(device), **gpu_facts}
+            log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"],
+                     task.name, f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
             model = model.to(device)
             # the path, and so the FLOPs counted, follow the parameters' device (mamba, tmm)
             record.update(backend=model.backend, flops_per_sequence=model.flop_terms(task.max_input_len()))
@@ -127,23 +168,31 @@ def execute(cfg: dict, part: Part = untimed) -> dict:
             record.update(status="ok", final=result.final, curve=result.curve, timing=result.timing,
                           memory=result.memory, throughput=result.throughput, train_flops=result.train_flops,
                           steps_done=result.steps_done)
-        except ConfigError:
-            raise  # nothing trained, nothing recorded
-        except Diverged as err:
-            record.update(status="diverged", diverged_step=err.step, error=str(err))
-        except Exception as err:  # recorded, and the sweep goes on
-            if is_out_of_memory(err):
-                sizes = {"batch_size": train_cfg.batch_size, "eval_batch_size": train_cfg.eval_batch_size,
-                         "max_input_len": task.max_input_len(), "d_model": cfg["model"]["d_model"],
-                         "n_layers": cfg["model"]["n_layers"], "params": record["params"]["total"]}
-                record.update(oom_fields(err, sizes, device))
-            else:
-                record.update(failed_fields(err))
-        model = None  # free the device before the next job of this process  # noqa: F841
-        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        with part("write"):
-            write_atomic(path, record)
-    log.info("%s: %s -> %s", record["status"], record["id"], path)
+    except ConfigError:
+        raise  # nothing trained, nothing recorded
+    except Diverged as err:
+        record.update(status="diverged", diverged_step=err.step, error=str(err))
+    except Exception as err:  # recorded, and the sweep goes on
+        if is_out_of_memory(err):
+            sizes = {"batch_size": train_cfg.batch_size, "eval_batch_size": train_cfg.eval_batch_size,
+                     "max_input_len": task.max_input_len(), "d_model": cfg["model"]["d_model"],
+                     "n_layers": cfg["model"]["n_layers"], "params": (record.get("params") or {}).get("total"),
+                     "while": "training" if "params" in record else "building the model"}
+            record.update(oom_fields(err, sizes, device))
+        else:
+            record.update(failed_fields(err))
+    model = None  # free the device before the next job of this process  # noqa: F841
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    previous = finished_at(path) if cfg["force"] else None
+    target = path
+    if keeps_previous(previous, record["status"]):
+        target = rerun_path(path)
+        record["rerun_of"] = path.name
+        log.warning("force: this rerun ended %s; the finished %s record %s is kept, and this rerun's record "
+                    "is written beside it: %s", record["status"], previous["status"], path, target)
+    with part("write"):
+        write_atomic(target, record)
+    log.info("%s: %s -> %s", record["status"], record["id"], target)
     if record["status"] == "ok":
         log.info("final: %s", {k: round(v, 4) for k, v in record["final"].items() if isinstance(v, float)})
     elif record["status"] == "diverged":

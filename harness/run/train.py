@@ -30,10 +30,10 @@ def untimed(name: str) -> ContextManager:
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss, or the loss on an evaluation set after an update, became NaN or infinite."""
 
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss is {loss} at step {step}")
+    def __init__(self, step: int, loss: float, where: str = "training"):
+        super().__init__(f"{where} loss is {loss} at step {step}" if where != "training" else f"loss is {loss} at step {step}")
         self.step, self.loss = step, loss
 
 
@@ -202,7 +202,8 @@ def progress_bar(enabled: bool) -> Progress:
 def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
           description: str = "train", eval_sets: dict[str, Batch] | None = None, part: Part = untimed) -> TrainResult:
     """Train ``model`` on ``task`` and evaluate on ``eval_sets`` (the task's own when None, e.g. the
-    frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite loss."""
+    frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite training loss
+    or a non-finite loss on an evaluation set."""
     result = TrainResult()
     eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
     optimizer = make_optimizer(model, cfg, device)
@@ -250,6 +251,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, 
                 with part("evaluate"):
                     per_set = evaluate(model, task, sets, cfg.eval_batch_size, device, cfg.precision)
                 eval_time += time.perf_counter() - t1
+                blown = [(name, m["loss"]) for name, m in per_set.items() if not math.isfinite(m["loss"])]
+                if blown:  # an update (the last one, say) blew the weights up after a finite training loss
+                    raise Diverged(step + 1, blown[0][1], where=f"evaluation ({blown[0][0]})")
                 point = {"step": step + 1, "tokens": tokens, "train_flops": result.train_flops,
                          "train_time_s": train_time, "wall_s": time.perf_counter() - started,
                          "train_loss": train_loss, **summarise(task, per_set), "eval": per_set}
