@@ -6,6 +6,7 @@ before any training. Errors name the field and the allowed values.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING, dataclass, fields
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -122,6 +123,10 @@ def sweep_mixers(*left_out: str) -> str:
 
 
 OmegaConf.register_new_resolver("sweep_mixers", sweep_mixers, replace=True)
+# conf/config.yaml: the log folder of a command is unique to its process (cached: a sweep's jobs see
+# the launching process's id); the GPU lock folder is the user's own
+OmegaConf.register_new_resolver("process_id", lambda: os.getpid(), replace=True, use_cache=True)
+OmegaConf.register_new_resolver("user_id", lambda: os.getuid(), replace=True)
 
 
 def to_dict(cfg: DictConfig | dict) -> dict:
@@ -142,6 +147,22 @@ def load(overrides: list[str], config_dir: str = CONF_DIR, config_name: str = "c
     except (HydraException, OmegaConfBaseException) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"override: {message}") from None
+
+
+def yaml_error_line(err: BaseException) -> str | None:
+    """``"<file>, line N: <problem>"`` when ``err`` (or what caused it) is a YAML syntax error, else None."""
+    import yaml
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, yaml.MarkedYAMLError):
+            mark = err.problem_mark or err.context_mark
+            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+            what = " ".join(x for x in (err.context, err.problem) if x)
+            return f"{where}: {what or type(err).__name__} (YAML syntax)"
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -202,6 +202,28 @@ def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
     return record
 
 
+def record_lost_run(cfg: dict, reason: str) -> Path | None:
+    """Record as ``failed`` a run whose process died (the launcher saw its worker go); where it was
+    written, or None when a finished record is already there (the worker died after writing it) or
+    the run is in flight in another process. A lost forced rerun is kept beside a finished record."""
+    path = record_path(Path(cfg["results_dir"]) / "runs", cfg)
+    lock = RunLock(path)
+    if not lock.acquire():
+        return None
+    try:
+        previous = finished_at(path)
+        if previous is not None and not cfg["force"]:
+            return None
+        target = rerun_path(path) if previous is not None else path
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record = {"id": run_id(cfg), "status": "failed", "config": cfg, "mixer": cfg["mixer"]["name"],
+                  "error": reason, "finished": now, **({"rerun_of": path.name} if target != path else {})}
+        write_atomic(target, record)
+        return target
+    finally:
+        lock.release()
+
+
 def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
