@@ -193,12 +193,17 @@ class RunLock:
 
 
 def check_writable(folder: Path, field: str = "results_dir") -> str | None:
-    """A problem (one line naming ``field``) when records cannot be written under ``folder``: it is
-    created if missing, then a probe file is created and removed. None when it is writable."""
+    """A problem (one line naming ``field``) when records cannot be written under ``folder``, else None.
+    A probe file is created and removed in ``folder``, or, while it does not exist yet, in its nearest
+    existing ancestor (which must be a folder); nothing is left behind."""
     folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
