@@ -157,10 +157,12 @@ def yaml_error_line(err: BaseException) -> str | None:
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, yaml.MarkedYAMLError):
-            mark = err.problem_mark or err.context_mark
+            mark, start = err.problem_mark or err.context_mark, err.context_mark
             where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
-            what = " ".join(x for x in (err.context, err.problem) if x)
-            return f"{where}: {what or type(err).__name__} (YAML syntax)"
+            what = "; ".join(x for x in (err.context, err.problem) if x) or type(err).__name__
+            if start is not None and mark is not None and start.line != mark.line:
+                what += f" (the construct began on line {start.line + 1})"
+            return f"{where}: {what} (YAML syntax)"
         err = err.__cause__ or err.__context__
     return None
 
