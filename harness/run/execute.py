@@ -181,6 +181,8 @@ def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
             record.update(oom_fields(err, sizes, device))
         else:
             record.update(failed_fields(err))
+    if "environment" not in record:  # it failed before the device was taken (building): the machine still counts
+        record["environment"] = environment(device)
     model = None  # free the device before the next job of this process  # noqa: F841
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     previous = finished_at(path) if cfg["force"] else None
@@ -216,7 +218,9 @@ def record_lost_run(cfg: dict, reason: str) -> Path | None:
             return None
         target = rerun_path(path) if previous is not None else path
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        record = {"id": run_id(cfg), "status": "failed", "config": cfg, "mixer": cfg["mixer"]["name"],
+        task, _ = validate(cfg, check_device=False)
+        record = {"id": run_id(cfg), "status": "failed", "config": cfg, "task_summary": task.summary(),
+                  "mixer": cfg["mixer"]["name"], "environment": environment(torch.device("cpu")),
                   "error": reason, "finished": now, **({"rerun_of": path.name} if target != path else {})}
         write_atomic(target, record)
         return target
