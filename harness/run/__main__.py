@@ -7,8 +7,9 @@ YAML is named, with the line, in one line (exit status 2), not a traceback.
 import os
 import sys
 
+from harness.launch.isolated import RunLost
 from harness.launch.profile import with_profile
-from harness.run.config import yaml_error_line
+from harness.run.config import ConfigError, yaml_error_line
 from harness.run.device import CUBLAS_DETERMINISTIC
 from harness.run.execute import main, stop_on_sigterm
 
@@ -27,6 +28,9 @@ except Exception as err:  # noqa: BLE001 - one line for what a user can fix; a t
     if line is not None:
         print(f"configuration file error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    if isinstance(err, (ConfigError, RunLost)):  # a sweep's failed job, reported at its end (already logged)
+        print(f"sweep finished with a failed job: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     if isinstance(err, CompactHydraException):  # what Hydra itself prints for these, without the traceback
         cause = f"\n{err.__cause__}" if isinstance(err.__cause__, OmegaConfBaseException) else ""
         print(f"{err}{cause}", file=sys.stderr)
