@@ -132,6 +132,10 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                 executors[i].shutdown(wait=False, kill_workers=True)
                 executors[i] = None
                 results[idx] = lost_job(launcher, initial_job_idx + idx, overrides, err)
+            except Exception as err:  # noqa: BLE001 - the job could not be sent or its result not read back
+                results[idx] = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=err)
+            except BaseException:  # noqa: BLE001 - Ctrl-C reached the worker: the main thread stops the sweep
+                return
 
     threads = [threading.Thread(target=slot, args=(i,), name=f"slot-{i}", daemon=True) for i in range(slots)]
     try:

@@ -84,7 +84,15 @@ def finite_or_null(value: object) -> object:
 
 
 def umask() -> int:
-    mask = os.umask(0)
+    """This process's umask, read without changing it where Linux shows it (``os.umask`` can only set
+    it, and setting it back and forth races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
