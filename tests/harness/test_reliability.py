@@ -261,3 +261,16 @@ def test_hydra_logs_go_under_the_results_folder_one_per_process():
         run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
     assert run_dir.startswith("/somewhere/logs/") and sweep_dir.startswith("/somewhere/logs/")
     assert f"-{os.getpid()}" in run_dir and sweep_dir.endswith(f"-{os.getpid()}-multirun")
+
+
+def test_options_that_build_but_cannot_run_stop_before_training_unrecorded(tmp_path, monkeypatch):
+    """The forward check stays a configuration error now that building is inside the recorded part."""
+    from harness.run.model import SequenceModel
+
+    def cannot_run(self, inputs):
+        raise RuntimeError("shape mismatch inside the mixer")
+
+    monkeypatch.setattr(SequenceModel, "forward", cannot_run)
+    with pytest.raises(ConfigError, match=r"mixer \(tmm\): builds but cannot run a forward pass \(RuntimeError"):
+        execute(run_config(tmp_path))
+    assert not (tmp_path / "runs").exists()
