@@ -6,7 +6,7 @@
 
 Runs ``harness.run.execute.execute`` on one config with a timer around each of its parts (the real code
 path, nothing re-implemented: ``execute`` announces its parts), then the same model on the same
-batches through the same ``train_step`` in a bare loop (forward, the task's loss, backward, clip,
+batches through the same step (``harness.run.train.step_runner``) in a bare loop (forward, the task's loss, backward, clip,
 AdamW step; nothing else) for the pure training time, and prints a table.
 Process start-up (imports, torch's set-up at the first optimiser, the first training steps'
 kernel and allocator warm-up) is paid once per process: once per sweep with the basic launcher,
@@ -28,7 +28,7 @@ import torch
 from harness.launch.profile import with_profile
 from harness.run.config import load, make_model, resolve_device, validate
 from harness.run.execute import PARTS, execute
-from harness.run.train import make_optimizer, train_step
+from harness.run.train import make_optimizer, step_runner
 
 ROOT = Path(__file__).resolve().parents[2]
 # CPU: this process's CPU time, which other processes on a shared machine hardly disturb (run it
@@ -74,7 +74,7 @@ def timed_execute(cfg: dict) -> tuple[dict, dict[str, float]]:
 
 def bare_training_s(cfg: dict, steps: int | None = None) -> float:
     """Seconds for the same model on the same batches through the same training step as a run
-    (``train_step``: forward, the task's loss, backward, clip, AdamW step), nothing else
+    (``step_runner``: forward, the task's loss, backward, clip, AdamW step), nothing else
     (the first ``steps`` only, if given)."""
     return bare_training(cfg, steps)[0]
 
@@ -88,13 +88,13 @@ def bare_training(cfg: dict, steps: int | None = None) -> tuple[float, torch.nn.
     model = model.to(device)
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
     batches = [task.train_batch(tc.batch_size, generator) for _ in range(steps or tc.steps)]
-    optimizer = make_optimizer(model, tc, device)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer = make_optimizer(model, tc, device, capturable=tc.compile == "cuda_graph")
+    runner = step_runner(model, task, tc, optimizer, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = clock()
     for step, batch in enumerate(batches):
-        train_step(model, task, batch, optimizer, base_lrs, step, tc, device)
+        runner(batch, step)
         optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

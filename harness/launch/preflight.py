@@ -4,6 +4,10 @@ One bad run stops the whole sweep here, with its overrides and the error, before
 
 Registered in conf/config.yaml as a Hydra callback (``hydra.callbacks.preflight``); it runs on the
 launching machine for every launcher (basic, joblib, Slurm), so GPU availability is not checked.
+It also checks that every results folder is writable and that the launcher's ``n_jobs`` is
+meaningful. A model too large to build here (out of memory) is not a configuration error: the
+run is noted, and records ``oom`` when it runs. The preflight raises nothing but its own clean
+stop (``SystemExit(2)`` after one logged line per problem).
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from harness.run.config import ConfigError, check_forward, make_model, to_dict, validate
-from harness.run.records import FINISHED, read_record, record_path
+from harness.run.faults import is_out_of_memory
+from harness.run.records import FINISHED, check_writable, read_record, record_path
 
 log = logging.getLogger("mixbench")
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -37,30 +42,62 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def check_run(cfg: dict) -> bool:
-    """Validate one resolved run config (``ConfigError`` if bad); whether a finished record exists."""
+def check_run(cfg: dict) -> str:
+    """Validate one resolved run config (``ConfigError`` if bad): ``"finished"`` when a finished record
+    exists, ``"oom"`` when its model is too large to build here (it will record ``oom``), else ``"to run"``."""
     task, _ = validate(cfg, check_device=False)
-    model = make_model(cfg["model"], cfg["mixer"], task)
-    if cfg["device"] == "cpu" or not torch.cuda.is_available():  # GPU runs check on their GPU (kernels may need it)
-        check_forward(model, task, torch.device("cpu"), cfg["mixer"])
+    try:
+        model = make_model(cfg["model"], cfg["mixer"], task)
+        if cfg["device"] == "cpu" or not torch.cuda.is_available():  # GPU runs check on their GPU (kernels may need it)
+            check_forward(model, task, torch.device("cpu"), cfg["mixer"])
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - out of memory is the run's to record; anything else is a problem here
+        if is_out_of_memory(err):
+            return "oom"
+        raise ConfigError(f"building the model raised {type(err).__name__}: {err}") from None
+    finally:
+        model = None  # noqa: F841
     path = record_path(Path(cfg["results_dir"]) / "runs", cfg)
     if cfg["force"] or not path.exists():
-        return False
+        return "to run"
     try:
-        return read_record(path)["status"] in FINISHED
+        return "finished" if read_record(path)["status"] in FINISHED else "to run"
     except (OSError, ValueError):
-        return False
+        return "to run"
+
+
+def n_jobs_problem(launcher: DictConfig | None) -> str | None:
+    """A one-line problem with the launcher's ``n_jobs`` (joblib: an integer >= 1, or negative: all CPUs but some)."""
+    if launcher is None or "n_jobs" not in launcher:
+        return None
+    n_jobs = launcher.n_jobs
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
+        return f"hydra.launcher.n_jobs: must be an integer >= 1 (parallel runs; -1: one per CPU), got {n_jobs!r}"
+    return None
 
 
 def preflight(config: DictConfig, config_name: str | None) -> tuple[int, int, list[tuple[list[str], str]]]:
-    """``(runs, finished, problems)`` of the sweep that ``config`` describes."""
+    """``(runs, finished, problems)`` of the sweep that ``config`` describes (runs too large to build
+    here are logged and counted with those to run)."""
     jobs = job_overrides(config)
-    finished, problems = 0, []
+    finished, problems, folders = 0, [], {}
     for overrides in jobs:
         try:
-            finished += check_run(to_dict(compose(config_name=config_name, overrides=overrides)))
+            cfg = to_dict(compose(config_name=config_name, overrides=overrides))
+            state = check_run(cfg)
+            folders.setdefault(str(Path(cfg["results_dir"]) / "runs"), overrides)
         except ConfigError as err:
             problems.append((overrides, str(err)))
+            continue
+        finished += state == "finished"
+        if state == "oom":
+            log.warning("preflight: %s -> out of memory while building the model here; it will be recorded as oom",
+                        " ".join(overrides))
+    for folder, overrides in folders.items():
+        problem = check_writable(Path(folder))
+        if problem:
+            problems.append((overrides, problem))
     return len(jobs), finished, problems
 
 
@@ -69,7 +106,16 @@ class Preflight(Callback):
         if config.hydra.sweeper.get("_target_") != BASIC:
             log.info("preflight: skipped (it knows the basic sweeper only)")
             return
-        runs, finished, problems = preflight(config, kwargs.get("config_name"))
+        problem = n_jobs_problem(config.hydra.get("launcher"))
+        if problem:
+            log.error("preflight: configuration error: %s; nothing was run", problem)
+            raise SystemExit(2)
+        try:
+            runs, finished, problems = preflight(config, kwargs.get("config_name"))
+        except Exception as err:  # noqa: BLE001 - the preflight's own clean stop, never a traceback
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            log.error("preflight: could not check the sweep (%s: %s); nothing was run", type(err).__name__, first)
+            raise SystemExit(2) from None
         for overrides, error in problems:
             log.error("preflight: %s -> configuration error: %s", " ".join(overrides), error)
         if problems:

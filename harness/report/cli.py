@@ -8,8 +8,12 @@ Each task's runs go to the report module that names the task in its ``TASKS`` (`
 ``recall``, ``icl``, ``lm`` beside this file); any other task gets the kit's generic report (a
 table of every final metric, the learning curves), and so does a task whose own report fails,
 with the error printed. One benchmark's failure does not stop the others: every benchmark is
-reported, then the exit status is 1. Unreadable or partial record files, and temporary files of
-interrupted writes, are listed with their paths.
+reported, then the exit status is 1. Unreadable, partial or forged record files (the id in the
+name is not the config's), and temporary files of interrupted writes, are listed with their paths.
+A ``--benchmark`` that no record names is an error (exit status 1), with the names that exist.
+Failed forced reruns kept beside a finished record are listed, newest first, and left out of the
+tables (the finished record stands). Every output folder stays inside ``results_dir``: a record
+whose benchmark or profile is not a plain name is refused.
 """
 from __future__ import annotations
 
@@ -22,7 +26,11 @@ from pathlib import Path
 
 import harness.report
 from harness.report.kit import generic_report, with_added_defaults
-from harness.run.records import load_records, results_folder, stray_temporaries
+from harness.run.records import confined, load_records, results_folder, stray_temporaries
+
+
+class RefusedPath(ValueError):
+    """A record names a benchmark or profile that is not a plain name: no report is written for it."""
 
 
 def task_reports() -> dict[str, object]:
@@ -46,8 +54,11 @@ def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> 
     for r in with_added_defaults([r for r in records if r["config"].get("benchmark") == benchmark]):
         if r["config"].get("benchmark") == benchmark:
             by_profile[r["config"]["train"]["profile"]].append(r)
-    for profile, all_runs in sorted(by_profile.items()):
-        out_dir = results_folder(results_dir, benchmark) / profile
+    for profile, all_runs in sorted(by_profile.items(), key=lambda kv: str(kv[0])):
+        try:
+            out_dir = confined(results_folder(results_dir, benchmark), str(profile))
+        except ValueError as err:
+            raise RefusedPath(f"{benchmark} ({profile!r}): not reported, {err}") from None
         by_module: dict[str, list[dict]] = defaultdict(list)
         for r in all_runs:
             module = reports.get(r["config"]["task"]["name"])
@@ -90,11 +101,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unreadable record (not in the tables; rerunning its sweep reruns it): {path}: {problem}")
     for path in stray_temporaries(args.results_dir / "runs"):
         print(f"interrupted write (not a record; safe to delete): {path}")
-    names = sorted({r["config"].get("benchmark", "adhoc") for r in records}) if args.all else args.benchmark
+    reruns = sorted((r for r in records if r.get("rerun_of")), key=lambda r: r["_path"], reverse=True)
+    for r in reruns:
+        print(f"failed forced rerun kept beside the finished record {r['rerun_of']} (not in the tables): "
+              f"{r['_path']}: {r['status']} at {r.get('finished', '?')}: {r.get('error', '')}")
+    records = [r for r in records if not r.get("rerun_of")]
+    found = sorted({str(r["config"].get("benchmark", "adhoc")) for r in records})
+    names = found if args.all else args.benchmark
     failed = []
     for name in names:
+        if name not in found:
+            print(f"{name}: no records match benchmark {name!r} under {args.results_dir / 'runs'}; "
+                  f"benchmarks with records: {', '.join(found) or 'none'}")
+            failed.append(name)
+            continue
         try:
             written = report_benchmark(records, name, args.results_dir)
+        except RefusedPath as err:
+            print(err)
+            failed.append(name)
+            continue
         except Exception:  # noqa: BLE001 - the other benchmarks are still reported
             print(f"{name}: the report failed:\n{traceback.format_exc()}")
             failed.append(name)

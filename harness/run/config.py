@@ -6,6 +6,7 @@ before any training. Errors name the field and the allowed values.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING, dataclass, fields
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -19,6 +20,7 @@ from harness.run.matching import MatchError, match_parameters
 from harness.run.model import ACTIVATIONS, INITS, ORDERS, POSITIONS, SequenceModel
 from harness.run.step import COMPILE_MODES
 from harness.run.train import EXEMPTION_RULES, SCHEDULES, TrainConfig
+from harness.run.records import plain_name_problem
 import mixers
 import tasks
 from tasks.base import Task, TaskConfigError
@@ -37,6 +39,10 @@ MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_b
                   "position": str, "init": str, "short_conv": int, "order": str, "mlp_activation": str,
                   "final_norm": bool}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
+# Mixer options that are sizes or counts wherever a mixer has them: an integer >= 1 (or null where
+# the mixer allows it); a zero or negative one would otherwise fail deep inside the mixer.
+POSITIVE_MIXER_OPTIONS = ("heads", "headdim", "d_state", "d_conv", "expand", "ngroups", "chunk_size",
+                          "subchunk_size", "block_size", "feature_dim", "rpe_dim", "rpe_layers")
 MAX_SEED = 2**63 - 1
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -48,6 +54,12 @@ class ConfigError(ValueError):
 def _check(condition: bool, field: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+def _check_name(field: str, value: object) -> None:
+    problem = plain_name_problem(field, value)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_type(field: str, value: object, annotation: object) -> None:
@@ -113,6 +125,10 @@ def sweep_mixers(*left_out: str) -> str:
 
 
 OmegaConf.register_new_resolver("sweep_mixers", sweep_mixers, replace=True)
+# conf/config.yaml: the log folder of a command is unique to its process (cached: a sweep's jobs see
+# the launching process's id); the GPU lock folder is the user's own
+OmegaConf.register_new_resolver("process_id", lambda: os.getpid(), replace=True, use_cache=True)
+OmegaConf.register_new_resolver("user_id", lambda: os.getuid(), replace=True)
 
 
 def short_conv_unless(mixer: str, kernel_size: int, own: list) -> int:
@@ -145,6 +161,24 @@ def load(overrides: list[str], config_dir: str = CONF_DIR, config_name: str = "c
         raise ConfigError(f"override: {message}") from None
 
 
+def yaml_error_line(err: BaseException) -> str | None:
+    """``"<file>, line N: <problem>"`` when ``err`` (or what caused it) is a YAML syntax error, else None."""
+    import yaml
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, yaml.MarkedYAMLError):
+            mark, start = err.problem_mark or err.context_mark, err.context_mark
+            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+            what = "; ".join(x for x in (err.context, err.problem) if x) or type(err).__name__
+            if start is not None and mark is not None and start.line != mark.line:
+                what += f" (the construct began on line {start.line + 1})"
+            return f"{where}: {what} (YAML syntax)"
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
     _check(name in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
@@ -162,6 +196,7 @@ def check_top_level(cfg: dict) -> None:
     _check(0 <= cfg["seed"] <= MAX_SEED, "seed", f"must be an integer in [0, 2**63), got {cfg['seed']}")
     _check(cfg["device"] in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {cfg['device']!r}")
     _check(cfg["benchmark"] != "", "benchmark", "must be a non-empty name")
+    _check_name("benchmark", cfg["benchmark"])  # it names the report's folder
     _check(cfg["results_dir"] != "", "results_dir", "must be a non-empty path")
     _check(cfg["concurrent_runs"] >= 1, "concurrent_runs", f"must be an integer >= 1, got {cfg['concurrent_runs']}")
     SCHEMA["gpu"].check("gpu", cfg["gpu"], "gpu.")
@@ -186,6 +221,7 @@ def make_task(task_cfg: dict) -> Task:
 def make_train_config(train_cfg: dict) -> TrainConfig:
     SCHEMA["train"].check("train", train_cfg, "train.")
     tc = TrainConfig(**train_cfg)
+    _check_name("train.profile", tc.profile)  # it names the report's folder
     _check(tc.steps >= 1, "train.steps", f"must be an integer >= 1, got {tc.steps!r}")
     _check(tc.batch_size >= 1, "train.batch_size", f"must be an integer >= 1, got {tc.batch_size!r}")
     _check(tc.lr > 0, "train.lr", f"must be > 0, got {tc.lr}")
@@ -246,6 +282,8 @@ def check_mixer_fields(mixer_cfg: dict) -> None:
     for key, value in options.items():
         if key in hints:
             _check_type(f"mixer.{key}", value, hints[key])
+        if key in POSITIVE_MIXER_OPTIONS and isinstance(value, int) and not isinstance(value, bool):
+            _check(value >= 1, f"mixer.{key}", f"must be an integer >= 1, got {value}")
 
 
 def validate(cfg: dict, check_device: bool = True) -> tuple[Task, TrainConfig]:

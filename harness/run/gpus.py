@@ -5,6 +5,10 @@ lock when the job ends or dies, so a killed job never leaves a GPU taken. ``jobs
 per GPU let that many jobs share one (only when asked). Jobs of different sweeps on the same
 machine share the pool (same ``lock_dir``), so they never share a GPU either. No torch here:
 callers pass the GPU ids and use the returned index.
+
+The lock folder is the user's own: created 0700, and refused unless it is a real folder (not a
+symlink) owned by this user and writable by nobody else; lock files are opened with
+``O_NOFOLLOW``, so a symlink planted in a shared folder is never followed (nor truncated).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import fcntl
 import os
 import re
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +53,33 @@ def lock_path(lock_dir: Path, gpu_id: str, slot: int) -> Path:
     return Path(lock_dir) / f"gpu-{safe}.slot{slot}.lock"
 
 
+class LockDirError(PermissionError):
+    """The GPU lock folder is not this user's own private folder."""
+
+
+def private_lock_dir(lock_dir: Path | str) -> Path:
+    """``lock_dir``, created 0700 if missing; ``LockDirError`` unless it is a folder (not a symlink)
+    owned by this user that neither group nor others may write."""
+    lock_dir = Path(lock_dir)
+    lock_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(lock_dir, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(lock_dir)
+    if not stat.S_ISDIR(info.st_mode):
+        raise LockDirError(f"gpu.lock_dir: {lock_dir} is not a folder (a symlink or a file); refusing to use it")
+    if info.st_uid != os.getuid():
+        raise LockDirError(f"gpu.lock_dir: {lock_dir} belongs to user {info.st_uid}, not to this user "
+                           f"({os.getuid()}); choose a folder of your own (gpu.lock_dir=DIR)")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise LockDirError(f"gpu.lock_dir: {lock_dir} is writable by others (mode {stat.S_IMODE(info.st_mode):o}); "
+                           f"make it private (chmod 700) or choose another folder")
+    return lock_dir
+
+
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -77,8 +107,7 @@ def acquire(gpu_ids: list[str], jobs_per_gpu: int, lock_dir: Path | str, prefer:
     global _last_index
     if not gpu_ids:
         raise ValueError("no GPU to assign")
-    lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock_dir = private_lock_dir(lock_dir)
     started, warned = time.monotonic(), False
     prefer = _last_index if prefer is None else prefer
     while True:

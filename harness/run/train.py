@@ -31,10 +31,10 @@ def untimed(name: str) -> ContextManager:
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss, or the loss on an evaluation set after an update, became NaN or infinite."""
 
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss is {loss} at step {step}")
+    def __init__(self, step: int, loss: float, where: str = "training"):
+        super().__init__(f"{where} loss is {loss} at step {step}" if where != "training" else f"loss is {loss} at step {step}")
         self.step, self.loss = step, loss
 
 
@@ -142,22 +142,16 @@ def autocast_context(device: torch.device, precision: str, cache_enabled: bool =
     return contextlib.nullcontext()
 
 
-def train_step(model: nn.Module, task: Task, batch: Batch, optimizer: torch.optim.Optimizer, base_lrs: list[float],
-               step: int, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
-    """One optimisation step on ``batch``: the step's learning rate, forward (under the precision's
-    autocast), the task's own loss, backward, gradient clipping, AdamW step. Gradients are left for
-    the caller to clear (after it reads memory). Returns the loss (a 0-dim tensor, not synced)."""
-    factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.schedule)
-    for group, base in zip(optimizer.param_groups, base_lrs):
-        group["lr"] = base * factor
-    with autocast_context(device, cfg.precision):
-        logits = model(batch.inputs)
-    loss = task.loss(logits, batch)
-    loss.backward()
-    if cfg.grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    return loss
+def step_runner(model: nn.Module, task: Task, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+                device: torch.device) -> StepRunner:
+    """The one training step of every run and of the overhead benchmark (``harness.run.step``, in the
+    mode ``train.compile``): the step's learning rate (``lr_factor`` of ``cfg.schedule``), forward
+    under the precision's autocast, the task's own loss, backward, gradient clipping, AdamW step.
+    ``runner(batch, step)`` returns the loss (0-dim, not synced) and leaves gradients to the caller."""
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    return StepRunner(cfg.compile, model, task, optimizer, base_lrs,
+                      lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.schedule), cfg.grad_clip,
+                      lambda: autocast_context(device, cfg.precision, cfg.compile != "cuda_graph"), device)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
@@ -223,10 +217,7 @@ class Trainer:
         self.model, self.task, self.cfg, self.device, self.part = model, task, cfg, device, part
         self.eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
         self.optimizer = make_optimizer(model, cfg, device, capturable=cfg.compile == "cuda_graph")
-        base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.runner = StepRunner(cfg.compile, model, task, self.optimizer, base_lrs,
-                                 lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio), cfg.grad_clip,
-                                 lambda: autocast_context(device, cfg.precision, cfg.compile != "cuda_graph"), device)
+        self.runner = step_runner(model, task, cfg, self.optimizer, device)
         self.result_ = TrainResult()
         self.memory = PeakMemory(device)
         self.memory.start()
@@ -272,6 +263,9 @@ class Trainer:
         with self.part("evaluate"):
             per_set = evaluate(self.model, task, sets, cfg.eval_batch_size, self.device, cfg.precision)
         self.eval_time += time.perf_counter() - t1
+        blown = [(name, m["loss"]) for name, m in per_set.items() if not math.isfinite(m["loss"])]
+        if blown:  # an update (the last one, say) blew the weights up after a finite training loss
+            raise Diverged(step + 1, blown[0][1], where=f"evaluation ({blown[0][0]})")
         point = {"step": step + 1, "tokens": self.tokens, "train_flops": result.train_flops,
                  "train_time_s": self.train_time, "wall_s": time.perf_counter() - self.started,
                  "train_loss": train_loss, **summarise(task, per_set), "eval": per_set}
@@ -300,7 +294,8 @@ def draw_batch(task: Task, step: int, batch_size: int, generator: torch.Generato
 def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
           description: str = "train", eval_sets: dict[str, Batch] | None = None, part: Part = untimed) -> TrainResult:
     """Train ``model`` on ``task`` and evaluate on ``eval_sets`` (the task's own when None, e.g. the
-    frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite loss. The
+    frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite training loss
+    or a non-finite loss on an evaluation set. The
     record's ``throughput.step`` says how the step ran (``train.compile``, ``harness.run.step``)."""
     trainer = Trainer(model, task, cfg, device, eval_sets, part)
     with progress_bar(cfg.progress) as bar:

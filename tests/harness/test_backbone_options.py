@@ -144,6 +144,23 @@ def test_linear_schedule_decays_linearly_to_its_floor():
     assert lr_factor(60, 10, 110, 0.1, "cosine") == pytest.approx(0.55)
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_training_follows_the_configured_schedule(tmp_path, schedule):
+    """The learning rate that the optimiser really uses at each step is ``lr_factor`` of ``train.schedule``."""
+    cfg = make_config(*TINY, f"train.schedule={schedule}", "train.steps=12", "train.warmup_steps=2",
+                      "train.eval_every=12", results_dir=tmp_path)
+    task, tc = validate(cfg)
+    model = make_model(cfg["model"], cfg["mixer"], task)
+    from harness.run.train import Trainer
+    trainer = Trainer(model, task, tc, torch.device("cpu"), {})
+    generator = torch.Generator().manual_seed(0)
+    for step in range(tc.steps):
+        trainer.runner(task.train_batch(tc.batch_size, generator), step)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        expected = tc.lr * lr_factor(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio, schedule)
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
 def test_new_backbone_keys_keep_old_ids_at_their_defaults(tmp_path):
     cfg = make_config(*TINY, results_dir=tmp_path)
     added = ("init", "short_conv", "order", "mlp_activation", "final_norm")

@@ -81,7 +81,7 @@ def launcher_config(name: str, *overrides: str):
 def test_gpu_parallel_runs_one_job_per_gpu_slot():
     cfg = launcher_config("gpu_parallel", "gpu.jobs_per_gpu=2")
     assert cfg.hydra.launcher.n_jobs == 2 * max(1, torch.cuda.device_count())
-    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher._target_.endswith("IsolatedLauncher")  # joblib's settings, one worker per slot
 
 
 def test_slurm_preset_renders_a_job_array_without_a_cluster(tmp_path, monkeypatch):
