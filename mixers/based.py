@@ -56,7 +56,9 @@ def taylor_features(x: torch.Tensor) -> torch.Tensor:
     """
     d = x.shape[-1]
     rows, cols = torch.triu_indices(d, d, device=x.device)
-    scale = torch.where(rows == cols, 1.0 / math.sqrt(2.0 * d), 1.0 / math.sqrt(d)).to(x.dtype)
+    # the scales in x's dtype (torch.where of Python floats would round them to float32 first)
+    scale = torch.full(rows.shape, 1.0 / math.sqrt(d), dtype=x.dtype, device=x.device)
+    scale[rows == cols] = 1.0 / math.sqrt(2.0 * d)
     quadratic = x[..., rows] * x[..., cols] * scale
     return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, quadratic], dim=-1)
 
