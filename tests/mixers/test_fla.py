@@ -9,6 +9,7 @@ and normalisation. On CUDA (``gpu``): the real fla kernels against the PyTorch p
 from __future__ import annotations
 
 import math
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -264,14 +265,16 @@ def vanishing_gradient_scales(monkeypatch, name: str, mixer, x: torch.Tensor, w:
     return {}
 
 
-@pytest.mark.gpu
-@fla_here
-@pytest.mark.parametrize("name,impl", [("gla", "fla"), ("linear_attention", "fla"), ("based", "fla"),
-                                       ("based", "fla_parallel"), ("based", "fla_fused_chunk")])
-@pytest.mark.parametrize("batch,n,d_model", [(2, 1, 128), (3, 100, 128), (2, 1000, 256), (1, 4096, 128)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, impl, batch, n, d_model, dtype):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # an exact float32 reference
+# one batch size throughout: fla autotunes each kernel per (batch, heads, widths, dtype), not per length, so
+# n = 1 and 100 at d_model 128 share its tuning (and the auto and decoding tests below reuse it); d_model 256
+# widens the heads (one more tuning per kernel). n = 100 is no multiple of fla's 64-token chunks.
+GPU_SHAPES = [(2, 1, 128), (2, 100, 128), (2, 1000, 256)]  # (batch, n, d_model)
+
+
+def fla_against_pytorch_errors(monkeypatch, name: str, impl: str, batch: int, n: int, d_model: int,
+                               dtype: torch.dtype) -> list[str]:
+    """The fla path in ``dtype`` against the float32 PyTorch path (values and every gradient): one line per
+    quantity whose relative error exceeds ``TOLERANCE[dtype]``, with the PyTorch path's own in ``dtype``."""
     torch.manual_seed(n)
     ours = mixers.build(name, d_model, n, impl="chunked").cuda()
     fla = mixers.build(name, d_model, n, impl=impl).cuda()
@@ -291,9 +294,32 @@ def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, impl, batch, n
     vanishing = vanishing_gradient_scales(monkeypatch, name, ours, x, w)
     scales = [None, None, *(vanishing.get(p) for p in names)]
     labels = ["output", "input gradient", *(f"{name} gradient" for name in names)]
+    failures = []
     for label, a, b, c, scale in zip(labels, got, ref, ours_rounded, scales):
         error = relative_error(a, b, scale)
-        assert error <= TOLERANCE[dtype], (label, error, "pytorch path's own:", relative_error(c, b, scale))
+        if not error <= TOLERANCE[dtype]:
+            failures.append(f"batch {batch}, n {n}, d_model {d_model}: {label} {error:.3g} "
+                            f"(pytorch path's own: {relative_error(c, b, scale):.3g})")
+    return failures
+
+
+@pytest.mark.gpu
+@fla_here
+@pytest.mark.parametrize("name,impl", [("gla", "fla"), ("linear_attention", "fla"), ("based", "fla"),
+                                       ("based", "fla_parallel"), ("based", "fla_fused_chunk")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, impl, dtype):
+    """Every shape of ``GPU_SHAPES`` in one test (one compilation and tuning per path and dtype); each
+    shape's time is printed (fla's first call at a new width includes its tuning)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # an exact float32 reference
+    failures = []
+    for batch, n, d_model in GPU_SHAPES:
+        start = time.perf_counter()
+        failures += fla_against_pytorch_errors(monkeypatch, name, impl, batch, n, d_model, dtype)
+        torch.cuda.synchronize()
+        print(f"{name} impl={impl} {dtype}: batch {batch}, n {n}, d_model {d_model} in "
+              f"{time.perf_counter() - start:.1f} s")
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.gpu
