@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -91,9 +92,20 @@ def test_distinct_taylor_features_give_the_kernel(f):
 @pytest.mark.parametrize("name,backend", [("gla", "torch-chunked"), ("linear_attention", "torch-chunked"),
                                           ("based", "torch-chunked+sdpa-blocked")])
 def test_auto_runs_pytorch_on_cpu(name, backend):
-    mixer = mixers.build(name, 32, 64)  # conf default: impl=auto
+    mixer = mixers.build(name, 32, 64, impl="auto")
     assert mixer.impl == "auto" and mixer.backend == backend
     assert mixer(torch.randn(2, 5, 32)).shape == (2, 5, 32)
+
+
+@pytest.mark.parametrize("name", ["gla", "linear_attention", "based"])
+def test_conf_default_is_the_pytorch_path_on_cuda_too(fake_fla, name):
+    """fla is opt-in (impl=fla, or impl=auto) until its GPU equality tests have passed on a GPU."""
+    from omegaconf import OmegaConf
+    conf = Path(__file__).resolve().parents[2] / "conf" / "mixer" / f"{name}.yaml"
+    options = OmegaConf.to_container(OmegaConf.load(conf))
+    options.pop("name")
+    for mixer in (mixers.build(name, 128, 64, **options), mixers.build(name, 128, 64)):  # conf, class defaults
+        assert mixer.impl == "chunked" and mixer._path(torch.device("cuda")) == "chunked"
 
 
 @pytest.mark.skipif(fla_kernels.fla_unavailable() is None, reason="fla runs here")
@@ -123,7 +135,7 @@ def test_based_fla_kernels_check_feature_dim(fake_fla):
     ("based", {"heads": 8}, True), ("based", {"heads": 16}, False),
 ])
 def test_auto_takes_fla_on_cuda_only_for_heads_fla_tiles(fake_fla, name, options, fits):
-    mixer = mixers.build(name, 128, 64, **options)
+    mixer = mixers.build(name, 128, 64, impl="auto", **options)
     assert mixer._path(torch.device("cuda")) == ("fla" if fits else "chunked")
     assert mixer._path(torch.device("cpu")) == "chunked"
     if not fits:
@@ -132,11 +144,11 @@ def test_auto_takes_fla_on_cuda_only_for_heads_fla_tiles(fake_fla, name, options
 
 
 def test_linear_attention_auto_takes_fla_only_up_to_fla_max_len(fake_fla, monkeypatch):
-    mixer = mixers.build("linear_attention", 128, 1 << 17)  # conf default fla_max_len: 8192
+    mixer = mixers.build("linear_attention", 128, 1 << 17, impl="auto")  # conf default fla_max_len: 8192
     assert mixer.fla_max_len == 8192
     assert mixer._path(torch.device("cuda"), 8192) == "fla" and mixer._path(torch.device("cuda"), 8193) == "chunked"
     assert mixer._path(torch.device("cpu"), 100) == "chunked"
-    short = mixers.build("linear_attention", 128, 512, fla_max_len=32)
+    short = mixers.build("linear_attention", 128, 512, impl="auto", fla_max_len=32)
     assert short._path(torch.device("cuda"), 32) == "fla" and short._path(torch.device("cuda"), 33) == "chunked"
     forced = mixers.build("linear_attention", 128, 512, impl="fla", fla_max_len=32)
     assert forced._path(torch.device("cuda"), 500) == "fla"  # a forced path ignores the crossover
@@ -326,7 +338,7 @@ def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, impl, dtype):
 @fla_here
 @pytest.mark.parametrize("name", ["gla", "linear_attention", "based"])
 def test_auto_picks_fla_on_gpu_and_state_dicts_load_across_backends(name):
-    auto = mixers.build(name, 128, 512).cuda()
+    auto = mixers.build(name, 128, 512, impl="auto").cuda()
     assert auto.backend.startswith("fla-chunk")
     cpu = mixers.build(name, 128, 512, impl="chunked")
     assert list(cpu.state_dict()) == list(auto.state_dict())
@@ -334,7 +346,7 @@ def test_auto_picks_fla_on_gpu_and_state_dicts_load_across_backends(name):
     x = torch.randn(2, 300, 128)
     with torch.no_grad():
         assert relative_error(auto(x.cuda()).cpu(), cpu(x)) <= TOLERANCE[torch.float32]
-    assert mixers.build(name, 128, 512).backend.startswith("torch-chunked")  # on CPU parameters
+    assert mixers.build(name, 128, 512, impl="auto").backend.startswith("torch-chunked")  # on CPU parameters
 
 
 @pytest.mark.gpu
