@@ -14,7 +14,9 @@ projected q, k (``mixers/ops/fla_kernels.py``): ``impl=fla`` through the distinc
 (as fla's ``TaylorFeatureMap``) and fla's chunked linear-attention kernel (O(n)), ``fla_parallel``
 fla's ``parallel_based`` (O(n^2) work, the default of fla's ``BasedLinearAttention``),
 ``fla_fused_chunk`` fla's ``fused_chunk_based`` (feature_dim <= 16); ``impl=auto`` is ``fla`` on
-CUDA inputs where fla imports (and heads are at least 16 wide), ``chunked`` otherwise. Every path
+CUDA inputs where fla imports (and heads are at least 16 wide), ``chunked`` otherwise. The default
+is ``chunked``: fla is opt-in until its GPU equality tests (tests/mixers/test_fla.py) have passed on
+a GPU. Every path
 has the same parameters; the decoding state after a prefill is formed with this file's features.
 
 Sliding-window branch: ``mixers/sliding_window_attention.py`` with ``window`` (64) positions.
@@ -56,7 +58,9 @@ def taylor_features(x: torch.Tensor) -> torch.Tensor:
     """
     d = x.shape[-1]
     rows, cols = torch.triu_indices(d, d, device=x.device)
-    scale = torch.where(rows == cols, 1.0 / math.sqrt(2.0 * d), 1.0 / math.sqrt(d)).to(x.dtype)
+    # the scales in x's dtype (torch.where of Python floats would round them to float32 first)
+    scale = torch.full(rows.shape, 1.0 / math.sqrt(d), dtype=x.dtype, device=x.device)
+    scale[rows == cols] = 1.0 / math.sqrt(2.0 * d)
     quadratic = x[..., rows] * x[..., cols] * scale
     return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, quadratic], dim=-1)
 
@@ -90,7 +94,7 @@ class Based(Mixer):
                 "torch-chunked+sdpa-blocked", "torch-recurrent+sdpa-blocked")
 
     def __init__(self, d_model: int, max_len: int, feature_dim: int = 16, heads: int = 4, eps: float = 1e-12,
-                 window: int = 64, rope_base: float = 10000.0, chunk_size: int = 64, impl: str = "auto"):
+                 window: int = 64, rope_base: float = 10000.0, chunk_size: int = 64, impl: str = "chunked"):
         super().__init__(d_model, max_len)
         if heads < 1 or d_model % heads:
             raise ValueError(f"based: d_model={d_model} is not divisible by heads={heads}")

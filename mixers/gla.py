@@ -15,7 +15,8 @@ bias except the gate's second, initialised normal(0, 0.02) as in fla's GLA model
 ``mixers/ops/linear_attention.py``; ``impl=recurrent`` the token-by-token recurrence; ``impl=fla``
 fla's ``chunk_gla`` Triton kernel (``mixers/ops/fla_kernels.py``; CUDA, fla picks its own chunk of
 at most 64 tokens); ``impl=auto`` fla on CUDA inputs where fla imports (and heads are at least 16
-wide), ``chunked`` otherwise. Every
+wide), ``chunked`` otherwise. The default is ``chunked``: fla is opt-in until its GPU equality tests
+(tests/mixers/test_fla.py) have passed on a GPU. Every
 path has the same parameters (state dicts load across them) and computes the same function.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ class GatedLinearAttention(Mixer):
 
     def __init__(self, d_model: int, max_len: int, heads: int = 4, expand_k: float = 0.5, expand_v: float = 1.0,
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0, norm_eps: float = 1e-5,
-                 init_std: float = 0.02, chunk_size: int = 64, subchunk_size: int = 16, impl: str = "auto"):
+                 init_std: float = 0.02, chunk_size: int = 64, subchunk_size: int = 16, impl: str = "chunked"):
         super().__init__(d_model, max_len)
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
         if heads < 1 or key_dim % heads or value_dim % heads:

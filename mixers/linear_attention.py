@@ -17,7 +17,9 @@ at a fixed token count its time grows with the length; our chunked path sums the
 Measured on an H200 (d_model 512, 4 heads, 131,072 tokens a step, bf16, forward and backward): fla
 9.2 / 20.9 / 58.4 ms against the chunked path's 19.0 / 19.0 / 19.4 ms at n = 1k / 16k / 65k; the
 crossover lies between 1k and 16k (about 10k-14k interpolating), so the default 8192 keeps fla where it
-was measured faster. Every path has the same parameters and computes the same function. Decoding
+was measured faster. The default is ``chunked``: fla is opt-in until its GPU equality tests
+(tests/mixers/test_fla.py) have passed on a GPU. Every path has the same parameters and computes the
+same function. Decoding
 carries (S, z): a fixed-size state.
 """
 from __future__ import annotations
@@ -75,7 +77,7 @@ class LinearAttention(Mixer):
     backends = ("fla-chunk", "torch-chunked", "torch-recurrent")
 
     def __init__(self, d_model: int, max_len: int, heads: int = 4, feature_map: str = "elu", eps: float = 1e-6,
-                 bias: bool = True, chunk_size: int = 64, impl: str = "auto", fla_max_len: int = 8192):
+                 bias: bool = True, chunk_size: int = 64, impl: str = "chunked", fla_max_len: int = 8192):
         super().__init__(d_model, max_len)
         if heads < 1 or d_model % heads:
             raise ValueError(f"linear_attention: d_model={d_model} is not divisible by heads={heads}")

@@ -83,9 +83,10 @@ def test_taylor_features_give_the_second_order_expansion():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(5, 16, generator=gen, dtype=torch.float64), torch.randn(5, 16, generator=gen, dtype=torch.float64)
     s = (x * y).sum(-1) / math.sqrt(16)
-    assert torch.allclose((taylor_features(x) * taylor_features(y)).sum(-1), 1 + s + s**2 / 2)
+    # float64 throughout (float32-rounded scales would be off by ~1e-8 relative)
+    assert torch.allclose((taylor_features(x) * taylor_features(y)).sum(-1), 1 + s + s**2 / 2, rtol=1e-12, atol=1e-12)
     assert torch.allclose((taylor_features(x) * taylor_features(y)).sum(-1),
-                          (taylor_features_full(x) * taylor_features_full(y)).sum(-1))
+                          (taylor_features_full(x) * taylor_features_full(y)).sum(-1), rtol=1e-12, atol=1e-12)
     assert taylor_features(x).shape[-1] == taylor_feature_count(16) == 153
     assert taylor_features_full(x).shape[-1] == 273
 
