@@ -1,4 +1,4 @@
-"""The fused sweep (``hydra/launcher=fused``, the plug-in in ``hydra_plugins/mixbench_launcher``): compose
+"""The fused sweep (``hydra/launcher=fused``, the plug-in in ``harness/launch/plugins/hydra_plugins/mixbench_launcher``): compose
 every job's config, group those that differ only in ``harness.run.fused.FUSABLE`` fields, say which
 runs it fuses before anything trains, then run each group in this process (``execute_fused``; a
 group of one through ``execute``, as the basic launcher would). Hydra gets one ``JobReturn`` per job.
