@@ -17,7 +17,7 @@ from pathlib import Path
 
 import matplotlib
 
-from harness.run.records import ADDED_KEYS
+from harness.run.records import ADDED_KEYS, NON_IDENTITY_KEYS, NON_IDENTITY_TASK_KEYS, NON_IDENTITY_TRAIN_KEYS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -70,7 +70,15 @@ def with_added_defaults(records: list[dict]) -> list[dict]:
     return out
 
 
-IGNORED_KEYS = ("seed", "results_dir", "force", "concurrent_runs", "train.progress", "train.threads", "task.cache_dir")
+# what says where or how a run wrote, not what it computed (the records' own list), and the seed and
+# thread count, which every table averages over or does not show
+IGNORED_KEYS = ("seed", "train.threads", *NON_IDENTITY_KEYS, *(f"train.{k}" for k in NON_IDENTITY_TRAIN_KEYS),
+                *(f"task.{k}" for k in NON_IDENTITY_TASK_KEYS))
+
+
+def ignored(key: str) -> bool:
+    """Whether the dotted config ``key`` is one that tables do not tell apart (``gpu.lock_dir`` too)."""
+    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
 
 
 def varying_keys(records: list[dict]) -> list[str]:
@@ -86,7 +94,7 @@ def varying_keys(records: list[dict]) -> list[str]:
             return any(len(v) > 1 for v in by_mixer.values())
         return len({repr(f.get(key)) for f in flats}) > 1
 
-    return [k for k in keys if k not in IGNORED_KEYS and k not in ("mixer.name", "task.protocol") and varies(k)]
+    return [k for k in keys if not ignored(k) and k not in ("mixer.name", "task.protocol") and varies(k)]
 
 
 def group_key(record: dict, extra: tuple[str, ...] = ()) -> tuple:
