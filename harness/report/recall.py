@@ -28,7 +28,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.report.kit import hardware_label, percent_mean_std, mixer_colors, status_note, flatten, save_figure, varying_keys, write_table
+from harness.report.kit import (flatten, hardware_label, mixer_colors, percent_mean_std, save_figure, settings_label,
+                                status_note, varying_keys, write_table)
 
 TASKS = ("mqar",)  # the tasks whose runs this module reports
 
@@ -180,7 +181,7 @@ def plot_accuracy_vs_d_model(records: list[dict], out_dir: Path, title: str) -> 
     sets = sorted({s for runs in best.values() for s in runs[0]["final"]["eval"]}, key=parse_setting)
     lengths = sorted({parse_setting(s)[0] for s in sets})
     lines = sorted({(key[0], *key[2:]) for key in best})
-    colors = mixer_colors([" ".join(map(str, line)) for line in lines])
+    colors = mixer_colors([settings_label(line[0], extra, line[1:]) for line in lines])
     styles = ["-", "--", ":", "-."]
     widths = sorted({key[1] for key in best})
     vocab = records[0]["task_summary"]["vocab_size"]
@@ -197,7 +198,7 @@ def plot_accuracy_vs_d_model(records: list[dict], out_dir: Path, title: str) -> 
                     continue
                 xs = [d for d, _ in points]
                 ys = [mean([r["final"]["eval"][name]["accuracy"] for r in runs]) for _, runs in points]
-                key = " ".join(map(str, line))
+                key = settings_label(line[0], extra, line[1:])
                 ax.plot(xs, ys, marker="o", linestyle=styles[i % len(styles)], color=colors[key], label=key)
             ax.axhline(one_over_k(name), color="grey", linewidth=0.8, linestyle=styles[i % len(styles)],
                        label="1/K (a value from the context)")
