@@ -20,7 +20,7 @@ def test_memory_utilisation_and_the_cap_each_bound_the_jobs_per_gpu():
 
 
 def test_the_probe_picks_the_sweeps_largest_run():
-    cfgs = sizing.sweep_configs(["+experiment=recall_benchmark_cpu", "mixer=attention", "train=cpu"])
+    cfgs = sizing.sweep_configs(["+experiment=recall_benchmark", "mixer=attention", "train=cpu"])  # widths 64-256
     assert len(cfgs) > 1 and len({c["model"]["d_model"] for c in cfgs}) > 1
     largest = max(cfgs, key=sizing.declared_bytes)
     assert largest["model"]["d_model"] == max(c["model"]["d_model"] for c in cfgs)
