@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness.run import fields as F
 from harness.run.faults import is_out_of_memory
 from harness.run.matching import MatchError, match_parameters
-from harness.run.model import ACTIVATIONS, INITS, ORDERS, POSITIONS, SequenceModel
+from harness.run.model import ACTIVATIONS, CHANNEL_MIXERS, INITS, ORDERS, POSITIONS, SequenceModel
+from harness.run import stack as stacks
 from harness.run.step import COMPILE_MODES
 from harness.run.train import EXEMPTION_RULES, SCHEDULES, TrainConfig
 from harness.run.records import plain_name_problem
@@ -37,7 +38,7 @@ MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_
 # optional backbone fields: parameter matching (conf/model/matched.yaml) and an explicit MLP width
 MODEL_OPTIONAL = {"mlp_hidden": int | None, "match_params": int | None, "match_by": str, "match_tolerance": float,
                   "position": str, "init": str, "short_conv": int, "order": str, "mlp_activation": str,
-                  "final_norm": bool}
+                  "final_norm": bool, "stack": list | None, "channel_mixer": str, "swiglu_multiple_of": int}
 GPU = {"jobs_per_gpu": int, "lock_dir": str}
 # Mixer options that are sizes or counts wherever a mixer has them: an integer >= 1 (or null where
 # the mixer allows it); a zero or negative one would otherwise fail deep inside the mixer.
@@ -142,7 +143,13 @@ OmegaConf.register_new_resolver("short_conv_unless", short_conv_unless, replace=
 
 
 def to_dict(cfg: DictConfig | dict) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    """The resolved config as plain containers, a hybrid stack expanded to every layer's options
+    (``harness.run.stack.expand``: the run's id then covers them); ``ConfigError`` for a bad entry."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    try:
+        return stacks.expand(plain)
+    except stacks.StackError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load(overrides: list[str], config_dir: str = CONF_DIR, config_name: str = "config") -> dict:
@@ -261,29 +268,56 @@ def check_model_fields(model_cfg: dict) -> None:
            f"must be one of {', '.join(ORDERS)}, got {model_cfg.get('order')!r}")
     _check(model_cfg.get("mlp_activation", "gelu") in ACTIVATIONS, "model.mlp_activation",
            f"must be one of {', '.join(ACTIVATIONS)}, got {model_cfg.get('mlp_activation')!r}")
+    _check(model_cfg.get("channel_mixer", "mlp") in CHANNEL_MIXERS, "model.channel_mixer",
+           f"must be one of {', '.join(CHANNEL_MIXERS)}, got {model_cfg.get('channel_mixer')!r}")
+    _check(model_cfg.get("swiglu_multiple_of", 16) >= 1, "model.swiglu_multiple_of",
+           f"must be an integer >= 1, got {model_cfg.get('swiglu_multiple_of')!r}")
     _check(ratio > 0 or model_cfg.get("match_params") is None or model_cfg.get("match_by", "d_model+mlp") == "d_model",
            "model.match_by", f"{model_cfg.get('match_by', 'd_model+mlp')!r} moves the MLP's width, but mlp_ratio is 0 "
            "(no MLP); use match_by=d_model")
 
 
-def check_mixer_fields(mixer_cfg: dict) -> None:
-    """The mixer's name and its options' names and types (ranges are the mixer's own to check)."""
-    _check("name" in mixer_cfg, "mixer.name", "missing")
+def check_mixer_fields(mixer_cfg: dict, field: str = "mixer") -> None:
+    """The mixer's name and its options' names and types (ranges are the mixer's own to check);
+    ``field`` names the group in messages (``model.stack[2]`` for a layer of a stack)."""
+    _check(isinstance(mixer_cfg, dict), field, f"must be a mapping of a mixer's options, got {mixer_cfg!r}")
+    _check("name" in mixer_cfg, f"{field}.name", "missing")
     name = mixer_cfg["name"]
-    _check_type("mixer.name", name, str)
+    _check_type(f"{field}.name", name, str)
     try:
         valid = mixers.options_of(name)
     except mixers.UnknownMixerError as err:
-        raise ConfigError(f"mixer.name: {err}") from None
+        raise ConfigError(f"{field}.name: {err}") from None
     options = {k: v for k, v in mixer_cfg.items() if k != "name"}
     unknown = sorted(set(options) - set(valid))
-    _check(not unknown, "mixer", f"{name} has no option(s) {unknown}; valid options: {', '.join(valid)}")
+    _check(not unknown, field, f"{name} has no option(s) {unknown}; valid options: {', '.join(valid)}")
     hints = F.hints(mixers.mixer_class(name).__init__)
     for key, value in options.items():
         if key in hints:
-            _check_type(f"mixer.{key}", value, hints[key])
+            _check_type(f"{field}.{key}", value, hints[key])
         if key in POSITIVE_MIXER_OPTIONS and isinstance(value, int) and not isinstance(value, bool):
-            _check(value >= 1, f"mixer.{key}", f"must be an integer >= 1, got {value}")
+            _check(value >= 1, f"{field}.{key}", f"must be an integer >= 1, got {value}")
+
+
+def check_stack(model_cfg: dict, mixer_cfg: dict) -> None:
+    """An expanded ``model.stack`` (``harness.run.stack``): one layer per ``n_layers``, each a mixer's
+    options, at least one of them the ``mixer`` group's (whose options would otherwise be ignored)."""
+    stack = model_cfg.get("stack")
+    if stack is None:
+        return
+    n_layers = model_cfg["n_layers"]
+    _check(len(stack) == n_layers, "model.stack",
+           f"has {len(stack)} layers ({stacks.display_name(stack)}) but model.n_layers is {n_layers}; "
+           f"give one entry per layer")
+    for i, layer in enumerate(stack):
+        _check(isinstance(layer, dict), f"model.stack[{i}]",
+               f"{layer!r} is not expanded to its options (configs pass through harness.run.config.to_dict, "
+               "which expands the stack)")
+        check_mixer_fields(layer, f"model.stack[{i}]")
+    _check(any(layer == mixer_cfg for layer in stack), "model.stack",
+           f"has no layer of the mixer group ({mixer_cfg.get('name')}, with its options), whose options would "
+           f"be ignored; write {stacks.MIXER_ENTRY!r} for the layers that run it "
+           f"(mixer=gla model.stack=[{stacks.MIXER_ENTRY},{stacks.MIXER_ENTRY},attention])")
 
 
 def validate(cfg: dict, check_device: bool = True) -> tuple[Task, TrainConfig]:
@@ -305,6 +339,7 @@ def validate(cfg: dict, check_device: bool = True) -> tuple[Task, TrainConfig]:
            "set train.compile=compile or none (or run on a GPU)")
     check_model_fields(cfg["model"])
     check_mixer_fields(cfg["mixer"])
+    check_stack(cfg["model"], cfg["mixer"])
     return task, train_cfg
 
 
@@ -328,6 +363,11 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
     """
     name = mixer_cfg["name"]
     options = as_annotated(name, {k: v for k, v in mixer_cfg.items() if k != "name"})
+    stack = model_cfg.get("stack")
+    if stack is not None:  # a hybrid: every layer's options, annotated as its mixer's; messages name the stack
+        stack = [{"name": layer["name"], **as_annotated(layer["name"], {k: v for k, v in layer.items() if k != "name"})}
+                 for layer in stack]
+        name = stacks.display_name(stack)
     needed = task.max_input_len()
     max_len = model_cfg["max_len"] or needed
     _check(max_len >= needed, "model.max_len",
@@ -347,7 +387,9 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
                              position=model_cfg.get("position", "none"), init=model_cfg.get("init", "reference"),
                              short_conv=model_cfg.get("short_conv", 0), order=model_cfg.get("order", "mixer_first"),
                              mlp_activation=model_cfg.get("mlp_activation", "gelu"),
-                             final_norm=model_cfg.get("final_norm", True))
+                             final_norm=model_cfg.get("final_norm", True), stack=stack,
+                             channel_mixer=model_cfg.get("channel_mixer", "mlp"),
+                             swiglu_multiple_of=model_cfg.get("swiglu_multiple_of", 16))
 
     matching = None
     target = model_cfg.get("match_params")
@@ -368,7 +410,7 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
     except Exception as err:  # noqa: BLE001 - whatever a mixer raises while building, its options caused it
         if is_out_of_memory(err):
             raise
-        named = any(k in str(err) for k in options)
+        named = any(k in str(err) for k in options) or stack is not None
         raise ConfigError(f"mixer ({name}): {err}" + ("" if named else f" (with d_model={d_model}, "
                                                       f"{_shown(options)})")) from None
     model.matching = matching  # what parameter matching chose (None without it); runs record it
@@ -402,7 +444,7 @@ def check_forward(model: SequenceModel, task: Task, device: torch.device, mixer_
             raise
         options = _shown({k: v for k, v in mixer_cfg.items() if k != "name"})
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"mixer ({mixer_cfg['name']}): builds but cannot run a forward pass "
+        raise ConfigError(f"mixer ({model.mixer_name}): builds but cannot run a forward pass "
                           f"({type(err).__name__}: {first_line}) with {options}") from None
     finally:
         model.train(was_training)

@@ -36,8 +36,8 @@ from harness.run.device import run_device, set_determinism
 from harness.run.environment import environment
 from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
 from harness.run.recipe import decoding_state, recipe
-from harness.run.records import (FINISHED, RunLock, check_writable, read_record, record_path, rerun_path, run_id,
-                                 write_atomic)
+from harness.run.records import (FINISHED, RunLock, check_writable, mixer_label, read_record, record_path, rerun_path,
+                                 run_id, write_atomic)
 from harness.run.train import Diverged, Part, train, untimed
 from harness.run.weights import keep as keep_weights
 
@@ -104,8 +104,9 @@ def start_record(cfg: dict, task, model, eval_info: dict, env: dict, sets: dict,
     environment); ``execute`` and ``harness.run.fused`` add the outcome."""
     return {
         "id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
-        "mixer": cfg["mixer"]["name"], "backend": model.backend, "params": model.parameter_counts(),
+        "mixer": mixer_label(cfg), "backend": model.backend, "params": model.parameter_counts(),
         "max_len": model.max_len, "flops_per_sequence": model.flop_terms(task.max_input_len()),
+        "layers": model.layer_summary(task.max_input_len()),
         "matching": model.matching, "eval_sets": eval_info, "state_bits": prompt_state_bits(model, sets),
         "recipe": recipe(model, train_cfg, device),  # what trains, as run: exemptions, overrides, init, precision
         # decoding state (values, all layers) after the task's longest input: the recall report's x-axis
@@ -175,7 +176,7 @@ def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
     """The recorded part of ``execute``, under the run's lock: build, train, evaluate, write."""
     torch.manual_seed(cfg["seed"])  # model initialisation; data comes from its own generator below
     record = {"id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
-              "mixer": cfg["mixer"]["name"], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "mixer": mixer_label(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     device = torch.device("cpu")  # the model is built on CPU
     model = None
     try:
@@ -194,11 +195,12 @@ def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
                 torch.set_num_threads(train_cfg.threads)
             with part("environment"):
                 record["environment"] = {**environment(device), **gpu_facts}
-            log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], cfg["mixer"]["name"],
+            log.info("run %s: %s on %s, %s params (%s mixer), backend %s", record["id"], record["mixer"],
                      task.name, f"{record['params']['total']:,}", f"{record['params']['mixer']:,}", model.backend)
             model = model.to(device)
             # the path, and so the FLOPs counted, follow the parameters' device (mamba, tmm)
             record.update(backend=model.backend, flops_per_sequence=model.flop_terms(task.max_input_len()),
+                          layers=model.layer_summary(task.max_input_len()),  # per layer: mixer, backend, FLOPs, state
                           recipe=recipe(model, train_cfg, device),  # what trains, as run: exemptions, init, precision
                           # decoding state (values, all layers) after the task's longest input: the recall report's x-axis
                           state=decoding_state(model, task.max_input_len()))
@@ -207,7 +209,7 @@ def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
             generator = torch.Generator(device=device).manual_seed(cfg["seed"])
             with part("train"):
                 result = train(model, task, train_cfg, device, generator,
-                               description=f"{cfg['mixer']['name']}/{task.name}", eval_sets=sets, part=part)
+                               description=f"{record['mixer']}/{task.name}", eval_sets=sets, part=part)
             record.update(status="ok", final=result.final, curve=result.curve, timing=result.timing,
                           memory=result.memory, throughput=result.throughput, train_flops=result.train_flops,
                           steps_done=result.steps_done)
@@ -258,7 +260,7 @@ def record_lost_run(cfg: dict, reason: str) -> Path | None:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         task, _ = validate(cfg, check_device=False)
         record = {"id": run_id(cfg), "status": "failed", "config": cfg, "task_summary": task.summary(),
-                  "mixer": cfg["mixer"]["name"], "environment": environment(torch.device("cpu")),
+                  "mixer": mixer_label(cfg), "environment": environment(torch.device("cpu")),
                   "error": reason, "finished": now, **({"rerun_of": path.name} if target != path else {})}
         write_atomic(target, record)
         return target

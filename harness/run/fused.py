@@ -30,7 +30,7 @@ from harness.run.config import ConfigError, check_forward, make_model, validate
 from harness.run.device import run_device, set_determinism
 from harness.run.environment import environment
 from harness.run.execute import evaluation_sets, fault_record_fields, finished_record, start_record
-from harness.run.records import record_path, run_id, write_atomic
+from harness.run.records import mixer_label, record_path, run_id, write_atomic
 from harness.run.train import Diverged, Trainer, draw_batch, progress_bar
 
 log = logging.getLogger("mixbench")
@@ -97,7 +97,8 @@ def execute_fused(cfgs: list[dict]) -> list[dict]:
             records[i] = record
             try:
                 model = model.to(device)
-                record.update(backend=model.backend, flops_per_sequence=model.flop_terms(task.max_input_len()))
+                record.update(backend=model.backend, flops_per_sequence=model.flop_terms(task.max_input_len()),
+                              layers=model.layer_summary(task.max_input_len()))
                 check_forward(model, task, device, cfg["mixer"])
                 trainers[i] = Trainer(model, task, tc, device, sets)
                 live[i] = True
@@ -114,7 +115,7 @@ def execute_fused(cfgs: list[dict]) -> list[dict]:
         log.info("fused: %d runs in one process (%s), %d data streams: %s", len(trainers), METHOD, len(sources),
                  ", ".join(ids))
         with progress_bar(train_cfg.progress) as bar:
-            job = bar.add_task(f"fused {len(trainers)} x {first['mixer']['name']}/{checked[todo[0]][0].name}",
+            job = bar.add_task(f"fused {len(trainers)} x {mixer_label(first)}/{checked[todo[0]][0].name}",
                                total=train_cfg.steps, status="")
             for step in range(train_cfg.steps):
                 if not any(live.values()):

@@ -57,13 +57,14 @@ def accepted_widths(build: Builder, stop_above: int):
 def fill_with_mlp(build: Builder, d_model: int, target: int, n_layers: int) -> tuple[int, int]:
     """MLP hidden width bringing the model to ``target`` parameters at ``d_model``, and the resulting count.
 
-    Each hidden unit adds ``2 d_model + 1`` parameters per layer (a row of the first layer with its
-    bias, a column of the second).
+    Each hidden unit adds the channel mixer's ``parameters_per_unit`` per layer (the MLP's
+    ``2 d_model + 1``: a row of its first layer with its bias, a column of the second; SwiGLU's ``3 d_model``).
     """
     with torch.device("meta"):
         model = build(d_model, None)
-    hidden, total = model.blocks[0].mlp.hidden, model.parameter_counts()["total"]
-    per_unit = n_layers * (2 * d_model + 1)
+    mlp = model.blocks[0].mlp
+    hidden, total = mlp.hidden, model.parameter_counts()["total"]
+    per_unit = n_layers * mlp.parameters_per_unit
     hidden = hidden + round((target - total) / per_unit)
     if hidden < 1:
         raise MatchError(f"d_model={d_model} leaves no room for an MLP within {target:,} parameters")

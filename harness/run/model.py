@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from harness.run.stack import display_name
 import mixers
 from mixers.ops import flops as F
 
@@ -33,6 +34,8 @@ from mixers.ops import flops as F
 POSITIONS = ("none", "learned")  # model.position: no position embedding, or GPT-2's learned absolute one
 ORDERS = ("mixer_first", "mlp_first")  # model.order: which sublayer of a block comes first
 ACTIVATIONS = {"gelu": nn.functional.gelu, "silu": nn.functional.silu}  # model.mlp_activation
+# model.channel_mixer: the two-layer MLP (with model.mlp_activation, GELU by default), or SwiGLU (Llama's, MAD's)
+CHANNEL_MIXERS = ("mlp", "swiglu")
 # model.init: each mixer's own initialisation inside the backbone's GPT-2 one (reference); or one
 # policy for every linear layer and embedding, mixers' included (``initialise``)
 INITS = ("reference", "normal_002", "kaiming")
@@ -44,10 +47,13 @@ class MLP(nn.Module):
     """Channel MLP ``d -> hidden -> d`` with GELU (or SiLU): ``(batch, n, d) -> (batch, n, d)``;
     ``hidden`` is ``int(ratio * d)`` unless given (parameter matching sets it)."""
 
+    kind = "mlp"
+
     def __init__(self, d_model: int, ratio: float, hidden: int | None = None, activation: str = "gelu"):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"model.mlp_activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        self.d_model = d_model
         self.hidden = int(hidden) if hidden else int(ratio * d_model)
         self.activation = activation
         self.fc = nn.Linear(d_model, self.hidden)
@@ -55,6 +61,67 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(ACTIVATIONS[self.activation](self.fc(x)))
+
+    @property
+    def parameters_per_unit(self) -> int:
+        """Parameters one more hidden unit adds: a row of ``fc`` with its bias, a column of ``proj``."""
+        return 2 * self.d_model + 1
+
+    def flops(self, length: int) -> float:
+        """Two linear layers, the activation (4 per element) and both biases."""
+        n, d, h = length, self.d_model, self.hidden
+        return F.linear(n, d, h) + F.linear(n, h, d) + 5.0 * n * h + n * d
+
+
+def swiglu_hidden(d_model: int, ratio: float, multiple_of: int) -> int:
+    """Llama's SwiGLU width (meta-llama/llama, model.py, FeedForward): two thirds of the MLP's
+    ``int(ratio * d)``, truncated, then rounded up to a multiple of ``multiple_of`` (Llama: 256;
+    MAD's SwiGLU, athms/mad-lab mad/model/layers/mlp.py: 16, our default), so that its three
+    matrices hold about as many parameters as the MLP's two."""
+    hidden = int(2 * int(ratio * d_model) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Shazeer's SwiGLU channel mixer as Llama and MAD have it: ``proj(silu(gate(x)) * up(x))``, three
+    linear layers ``d -> hidden, d -> hidden, hidden -> d`` without biases: ``(batch, n, d) -> (batch, n, d)``.
+    ``hidden`` is ``swiglu_hidden(d, ratio, multiple_of)`` unless given (parameter matching sets it)."""
+
+    kind = "swiglu"
+
+    def __init__(self, d_model: int, ratio: float, hidden: int | None = None, multiple_of: int = 16):
+        super().__init__()
+        if multiple_of < 1:
+            raise ValueError(f"model.swiglu_multiple_of must be an integer >= 1, got {multiple_of!r}")
+        self.d_model = d_model
+        self.hidden = int(hidden) if hidden else swiglu_hidden(d_model, ratio, multiple_of)
+        self.activation = "silu"
+        self.gate = nn.Linear(d_model, self.hidden, bias=False)
+        self.up = nn.Linear(d_model, self.hidden, bias=False)
+        self.proj = nn.Linear(self.hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(nn.functional.silu(self.gate(x)) * self.up(x))
+
+    @property
+    def parameters_per_unit(self) -> int:
+        """Parameters one more hidden unit adds: a row of ``gate`` and of ``up``, a column of ``proj``."""
+        return 3 * self.d_model
+
+    def flops(self, length: int) -> float:
+        """Three linear layers, SiLU (4 per element) and the gate's product."""
+        n, d, h = length, self.d_model, self.hidden
+        return 2 * F.linear(n, d, h) + F.linear(n, h, d) + 5.0 * n * h
+
+
+def make_channel_mixer(kind: str, d_model: int, ratio: float, hidden: int | None, activation: str,
+                       swiglu_multiple_of: int) -> nn.Module:
+    """The block's channel mixer (``model.channel_mixer``, ``CHANNEL_MIXERS``)."""
+    if kind == "mlp":
+        return MLP(d_model, ratio, hidden, activation)
+    if kind == "swiglu":
+        return SwiGLU(d_model, ratio, hidden, swiglu_multiple_of)
+    raise ValueError(f"model.channel_mixer must be one of {', '.join(CHANNEL_MIXERS)}, got {kind!r}")
 
 
 class ShortConv(nn.Module):
@@ -108,10 +175,12 @@ def make_norm(kind: str, d_model: int) -> nn.Module:
 class Block(nn.Module):
     """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (``order="mlp_first"``:
     the MLP's sublayer first); without an MLP (``mlp_ratio`` 0, no ``mlp_hidden``) the mixer's alone.
+    ``mlp`` is the channel mixer (``channel_mixer``: ``MLP`` or ``SwiGLU``).
     ``short_conv > 0`` puts ``x + ShortConv(norm(x))`` right before the mixer's sublayer."""
 
     def __init__(self, d_model: int, mixer: nn.Module, mlp_ratio: float, norm: str, mlp_hidden: int | None = None,
-                 short_conv: int = 0, order: str = "mixer_first", mlp_activation: str = "gelu"):
+                 short_conv: int = 0, order: str = "mixer_first", mlp_activation: str = "gelu",
+                 channel_mixer: str = "mlp", swiglu_multiple_of: int = 16):
         super().__init__()
         if order not in ORDERS:
             raise ValueError(f"model.order must be one of {', '.join(ORDERS)}, got {order!r}")
@@ -119,7 +188,8 @@ class Block(nn.Module):
         self.norm1, self.mixer = make_norm(norm, d_model), mixer
         has_mlp = bool(mlp_hidden) or mlp_ratio > 0
         self.norm2 = make_norm(norm, d_model) if has_mlp else None
-        self.mlp = MLP(d_model, mlp_ratio, mlp_hidden, mlp_activation) if has_mlp else None
+        self.mlp = make_channel_mixer(channel_mixer, d_model, mlp_ratio, mlp_hidden, mlp_activation,
+                                      swiglu_multiple_of) if has_mlp else None
         # built last, so that a model without one draws the same random numbers as before the option
         self.conv_norm = make_norm(norm, d_model) if short_conv else None
         self.short_conv = ShortConv(d_model, short_conv) if short_conv else None
@@ -162,19 +232,22 @@ class Block(nn.Module):
 
 
 class SequenceModel(nn.Module):
-    """A registered mixer in the shared backbone.
+    """A registered mixer in the shared backbone, or a hybrid stack of them (a mixer per layer).
 
     Tokens: ``tokens (batch, n) -> logits (batch, n, vocab)``. Continuous input (``input_dim > 0``):
     ``(batch, n, input_dim)`` in; continuous output (``output_dim > 0``): ``(batch, n, output_dim)`` out.
     ``train_len``: the longest training input, passed to mixers with a ``train_len`` option left null
-    (TMM's initial kernel scale, TNN's decay rate).
+    (TMM's initial kernel scale, TNN's decay rate). ``stack``: one ``{"name": <mixer>, <option>: ...}``
+    per layer (``n_layers`` of them; ``harness.run.stack``), in place of ``mixer`` and
+    ``mixer_options`` in every layer. ``channel_mixer``: ``mlp`` or ``swiglu`` (``CHANNEL_MIXERS``).
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, max_len: int, mixer: str,
                  mixer_options: dict | None = None, mlp_ratio: float = 4.0, norm: str = "layernorm",
                  tie_embeddings: bool = False, input_dim: int = 0, output_dim: int = 0, mlp_hidden: int | None = None,
                  train_len: int | None = None, position: str = "none", init: str = "reference", short_conv: int = 0,
-                 order: str = "mixer_first", mlp_activation: str = "gelu", final_norm: bool = True):
+                 order: str = "mixer_first", mlp_activation: str = "gelu", final_norm: bool = True,
+                 stack: list[dict] | None = None, channel_mixer: str = "mlp", swiglu_multiple_of: int = 16):
         super().__init__()
         if position not in POSITIONS:
             raise ValueError(f"model.position must be one of {', '.join(POSITIONS)}, got {position!r}")
@@ -182,22 +255,25 @@ class SequenceModel(nn.Module):
             raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
         self.position, self.init, self.short_conv = position, init, short_conv
         self.vocab_size, self.d_model, self.n_layers, self.max_len = vocab_size, d_model, n_layers, max_len
-        self.mixer_name, self.tie_embeddings = mixer, tie_embeddings
+        self.tie_embeddings = tie_embeddings
         self.input_dim, self.output_dim = input_dim, output_dim
         if tie_embeddings and (input_dim or output_dim):
             raise ValueError("tie_embeddings needs token inputs and outputs (this task is continuous)")
-        options = dict(mixer_options or {})
-        # a mixer set up for the training length (a ``train_len`` option left null: TMM's kernel
-        # scale, TNN's decay) gets the longest training input; without it, its own fallback (max_len)
-        if train_len and "train_len" in mixers.options_of(mixer) and options.get("train_len") is None:
-            options["train_len"] = min(train_len, max_len)
+        if channel_mixer not in CHANNEL_MIXERS:
+            raise ValueError(f"model.channel_mixer must be one of {', '.join(CHANNEL_MIXERS)}, got {channel_mixer!r}")
+        if stack is not None and len(stack) != n_layers:
+            raise ValueError(f"model.stack has {len(stack)} layers but model.n_layers is {n_layers}")
+        # (mixer, options) of every layer
+        self.layers = ([(str(layer["name"]), {k: v for k, v in layer.items() if k != "name"}) for layer in stack]
+                       if stack is not None else [(mixer, dict(mixer_options or {}))] * n_layers)
+        self.channel_mixer = channel_mixer
         # read-in: a lookup for tokens, a linear map for vectors (Garg et al.'s read_in)
         self.embed = nn.Linear(input_dim, d_model) if input_dim else nn.Embedding(vocab_size, d_model)
         self.position_embed = nn.Embedding(max_len, d_model) if position == "learned" else None  # GPT-2's wpe
         self.blocks = nn.ModuleList(
-            Block(d_model, mixers.build(mixer, d_model, max_len, **options), mlp_ratio, norm, mlp_hidden,
-                  short_conv, order, mlp_activation)
-            for _ in range(n_layers)
+            Block(d_model, mixers.build(name, d_model, max_len, **with_train_len(name, options, train_len, max_len)),
+                  mlp_ratio, norm, mlp_hidden, short_conv, order, mlp_activation, channel_mixer, swiglu_multiple_of)
+            for name, options in self.layers
         )
         self.norm = make_norm(norm, d_model) if final_norm else nn.Identity()
         # read-out: the LM head for tokens, a linear map with bias for values (Garg et al.'s read_out)
@@ -216,12 +292,13 @@ class SequenceModel(nn.Module):
         for layer in (self.embed, self.head):
             if getattr(layer, "bias", None) is not None:
                 nn.init.zeros_(layer.bias)
-        for block in self.blocks:
+        for block in self.blocks:  # the channel mixer's input layers, then its output (into the residual stream)
             if block.mlp is not None:
-                nn.init.normal_(block.mlp.fc.weight, std=0.02)
+                for layer in (block.mlp.fc,) if block.mlp.kind == "mlp" else (block.mlp.gate, block.mlp.up):
+                    nn.init.normal_(layer.weight, std=0.02)
                 nn.init.normal_(block.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.n_layers))
-                nn.init.zeros_(block.mlp.fc.bias)
-                nn.init.zeros_(block.mlp.proj.bias)
+                for layer in (block.mlp.fc, block.mlp.proj) if block.mlp.kind == "mlp" else ():
+                    nn.init.zeros_(layer.bias)
         for block in self.blocks:  # Zoology's init of its BaseConv (zoology/model.py, _init_weights)
             if block.short_conv is not None:
                 nn.init.normal_(block.short_conv.projection.weight, std=0.02)
@@ -283,8 +360,30 @@ class SequenceModel(nn.Module):
         return [block.mixer for block in self.blocks]
 
     @property
+    def mixer_name(self) -> str:
+        """The mixers by name: ``gla×2+attention`` for a hybrid stack (``harness.run.stack.display_name``)."""
+        return display_name([{"name": name, **options} for name, options in self.layers])
+
+    @property
     def backend(self) -> str:
-        return self.blocks[0].mixer.backend
+        """The mixers' backend; a stack of several: ``<mixer>: <backend>`` for each, joined by ``; ``."""
+        pairs = list(dict.fromkeys((name, block.mixer.backend) for (name, _), block in zip(self.layers, self.blocks)))
+        if len({backend for _, backend in pairs}) == 1 and len({name for name, _ in pairs}) == 1:
+            return pairs[0][1]
+        return "; ".join(f"{name}: {backend}" for name, backend in pairs)
+
+    def layer_summary(self, length: int) -> list[dict]:
+        """Per layer: its mixer, backend, mixer parameters, mixer FLOPs and decoding-state values
+        (None where the mixer does not say) for one sequence of ``length`` tokens."""
+        out = []
+        for (name, _), block in zip(self.layers, self.blocks):
+            try:
+                state = block.mixer.state_size(length)
+            except NotImplementedError:
+                state = None
+            out.append({"mixer": name, "backend": block.mixer.backend, "flops": block.mixer.flops(length),
+                        "params": sum(p.numel() for p in block.mixer.parameters()), "state": state})
+        return out
 
     def parameter_counts(self) -> dict[str, int]:
         """Total (tied weights once), mixer-only, and non-embedding (without embedding and head)."""
@@ -304,8 +403,7 @@ class SequenceModel(nn.Module):
         With short convolutions, ``short_conv`` counts them with their norms and residual adds.
         """
         n, d, L = length, self.d_model, self.n_layers
-        mlp = self.blocks[0].mlp
-        hidden = 0 if mlp is None else mlp.hidden
+        mlp = self.blocks[0].mlp  # every block's channel mixer is the same
         sublayers = 2 if mlp is not None else 1
         final = 0 if isinstance(self.norm, nn.Identity) else 1
         mixer_flops = sum(m.flops(n) for m in self.mixer_modules)
@@ -315,8 +413,7 @@ class SequenceModel(nn.Module):
             "embedding": (F.linear(n, self.input_dim, d) + n * d if self.input_dim else 0.0)
             + (n * d if self.position_embed is not None else 0.0),  # the position embedding's add
             "mixer": mixer_flops,
-            # two linear layers, GELU (counted 4 per element) and biases
-            "mlp": L * (F.linear(n, d, hidden) + F.linear(n, hidden, d) + 5.0 * n * hidden + n * d) if hidden else 0.0,
+            "mlp": L * mlp.flops(n) if mlp is not None else 0.0,  # the channel mixer (MLP.flops, SwiGLU.flops)
             "norm_residual": (sublayers * L + final) * F.layer_norm(n, d) + sublayers * L * n * d,
             **convs,
             "head": F.linear(n, d, self.output_dim) + n * self.output_dim if self.output_dim else F.linear(n, d, self.vocab_size),
@@ -332,6 +429,14 @@ class SequenceModel(nn.Module):
     def step_flops(self, batch: int, length: int) -> float:
         """Training FLOPs of one step on ``(batch, length)`` inputs: 3 x forward."""
         return F.TRAIN_MULTIPLIER * (batch * self.flops(length) + self.parameter_flops(length))
+
+
+def with_train_len(mixer: str, options: dict, train_len: int | None, max_len: int) -> dict:
+    """``options`` of a mixer set up for the training length (a ``train_len`` option left null: TMM's
+    kernel scale, TNN's decay) with the longest training input; without it, its own fallback (max_len)."""
+    if train_len and "train_len" in mixers.options_of(mixer) and options.get("train_len") is None:
+        return {**options, "train_len": min(train_len, max_len)}
+    return dict(options)
 
 
 def initialise(model: SequenceModel, policy: str) -> None:

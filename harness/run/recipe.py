@@ -18,9 +18,10 @@ def precision_as_run(device: torch.device, precision: str) -> str:
 
 
 def recipe(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
-    """``{"weight_decay", "weight_decay_rule", "weight_decay_exempt" ({name: why}),
-    "parameter_overrides" ({name: optimiser settings}), "init", "short_conv", "block" (order, MLP
-    activation and width, final norm, tied head), "schedule", "precision"}``."""
+    """``{"weight_decay", "weight_decay_rule", "weight_decay_exempt" ({name: why}, every layer's own
+    mixer's in a hybrid stack), "parameter_overrides" ({name: optimiser settings}), "init",
+    "short_conv", "block" (order, channel mixer: kind, activation and width, final norm, tied head),
+    "schedule", "precision"}``. A record's ``layers`` names each layer's mixer."""
     blocks = getattr(model, "blocks", [])
     mlp = blocks[0].mlp if blocks else None
     return {
@@ -31,7 +32,8 @@ def recipe(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
         "init": getattr(model, "init", "reference"),
         "short_conv": getattr(model, "short_conv", 0),
         "block": {"order": blocks[0].order if blocks else None,
-                  "mlp": None if mlp is None else {"hidden": mlp.hidden, "activation": mlp.activation},
+                  "mlp": None if mlp is None else {"kind": getattr(mlp, "kind", "mlp"), "hidden": mlp.hidden,
+                                                   "activation": mlp.activation},
                   "final_norm": not isinstance(getattr(model, "norm", None), nn.Identity),
                   "tied_head": bool(getattr(model, "tie_embeddings", False))},
         "schedule": {"name": cfg.schedule, "warmup_steps": cfg.warmup_steps, "min_lr_ratio": cfg.min_lr_ratio},

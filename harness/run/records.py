@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.run.stack import file_label as stack_file_label
+from harness.run.stack import label as stack_label
+
 # Keys that say where, how verbosely or on which GPU a run writes, not what it computes.
 NON_IDENTITY_KEYS = ("results_dir", "force", "concurrent_runs", "gpu")
 NON_IDENTITY_TRAIN_KEYS = ("progress",)
@@ -32,7 +35,7 @@ ADDED_KEYS = {"deterministic": False, "model.position": "none", "task.curriculum
               "task.eos": False, "task.packed_length": None, "model.init": "reference", "model.short_conv": 0,
               "model.order": "mixer_first", "model.mlp_activation": "gelu", "model.final_norm": True,
               "train.schedule": "cosine", "train.compile": "none",
-              "save_weights": False}
+              "save_weights": False, "model.stack": None, "model.channel_mixer": "mlp", "model.swiglu_multiple_of": 16}
 # Statuses that are a result of the config (skipped on a rerun unless force=true); ``oom`` and
 # ``failed`` depend on the machine or the code, so a rerun tries them again.
 FINISHED = ("ok", "diverged")
@@ -66,8 +69,15 @@ def run_id(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+def mixer_label(config: dict) -> str:
+    """What a run's record and its reports call its mixers: the mixer's name, or a hybrid stack's
+    (``gla×2+attention``: ``harness.run.stack.label``)."""
+    return stack_label(config)
+
+
 def record_path(runs_dir: Path, config: dict) -> Path:
-    name = f"{config['task']['name']}-{config['mixer']['name']}-{run_id(config)}.json"
+    """``<task>-<mixer>-<id>.json`` (a hybrid stack's mixers as ``gla_x2+attention``)."""
+    name = f"{config['task']['name']}-{stack_file_label(config)}-{run_id(config)}.json"
     return Path(runs_dir) / name
 
 

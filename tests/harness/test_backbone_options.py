@@ -202,7 +202,7 @@ def test_record_states_the_recipe_as_run(tmp_path):
     assert recipe["weight_decay_exempt"]["blocks.0.short_conv.conv.weight"] == "per-offset kernel"
     assert recipe["weight_decay_exempt"]["blocks.0.mixer.toeplitz.weight"] == "per-offset kernel"
     assert "blocks.0.mlp.fc.weight" not in recipe["weight_decay_exempt"]
-    assert recipe["block"] == {"order": "mixer_first", "mlp": {"hidden": 64, "activation": "gelu"},
+    assert recipe["block"] == {"order": "mixer_first", "mlp": {"kind": "mlp", "hidden": 64, "activation": "gelu"},
                                "final_norm": True, "tied_head": False}
     assert recipe["parameter_overrides"] == {}
 
