@@ -33,6 +33,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 import tasks
+from harness.run.records import mixer_label
 from harness.report.kit import (flatten, hardware_label, mean, mean_std, mixer_colors, save_figure, settings_label,
                                 status_note, varying_keys, write_table)
 from harness.run import eval_sets as frozen
@@ -56,7 +57,7 @@ def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
     out: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         flat = flatten(r["config"])
-        out[(r["config"]["mixer"]["name"], *(flat.get(k) for k in extra))].append(r)
+        out[(mixer_label(r["config"]), *(flat.get(k) for k in extra))].append(r)
     return extra, dict(sorted(out.items(), key=lambda kv: repr(kv[0])))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import matplotlib
 
-from harness.run.records import ADDED_KEYS, NON_IDENTITY_KEYS, NON_IDENTITY_TASK_KEYS, NON_IDENTITY_TRAIN_KEYS
+from harness.run.records import ADDED_KEYS, NON_IDENTITY_KEYS, NON_IDENTITY_TASK_KEYS, NON_IDENTITY_TRAIN_KEYS, mixer_label
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -82,7 +82,8 @@ def ignored(key: str) -> bool:
 
 
 def varying_keys(records: list[dict]) -> list[str]:
-    """Config keys (besides mixer, protocol and seed) whose values differ between records."""
+    """Config keys (besides mixer, protocol and seed) whose values differ between records; a hybrid
+    stack is named by the mixer's label (``group_key``), not as a key."""
     flats = [flatten(r["config"]) for r in records]
     keys = sorted(set().union(*flats)) if flats else []
 
@@ -94,13 +95,14 @@ def varying_keys(records: list[dict]) -> list[str]:
             return any(len(v) > 1 for v in by_mixer.values())
         return len({repr(f.get(key)) for f in flats}) > 1
 
-    return [k for k in keys if not ignored(k) and k not in ("mixer.name", "task.protocol") and varies(k)]
+    return [k for k in keys if not ignored(k) and k not in ("mixer.name", "task.protocol", "model.stack") and varies(k)]
 
 
 def group_key(record: dict, extra: tuple[str, ...] = ()) -> tuple:
-    """(mixer, protocol, values of ``extra`` keys): the runs that differ only by seed."""
+    """(mixer, protocol, values of ``extra`` keys): the runs that differ only by seed; the mixer by its
+    label (``gla×2+attention`` for a hybrid stack: ``harness.run.records.mixer_label``)."""
     flat = flatten(record["config"])
-    return (record["config"]["mixer"]["name"], str(record["config"]["task"].get("protocol", "-")),
+    return (mixer_label(record["config"]), str(record["config"]["task"].get("protocol", "-")),
             *(flat.get(k) for k in extra))
 
 

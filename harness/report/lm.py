@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from harness.run.records import mixer_label
 from harness.report.kit import hardware_label, mean, mean_std, mixer_colors, status_note, flatten, save_figure, varying_keys, write_table
 
 TASKS = ("lm_text", "copy_text")  # the tasks whose runs this module reports
@@ -36,7 +37,7 @@ def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
     out: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         flat = flatten(r["config"])
-        out[(r["config"]["task"]["name"], r["config"]["mixer"]["name"], *(flat.get(k) for k in extra))].append(r)
+        out[(r["config"]["task"]["name"], mixer_label(r["config"]), *(flat.get(k) for k in extra))].append(r)
     return extra, dict(sorted(out.items(), key=lambda kv: repr(kv[0])))
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from harness.run.records import mixer_label
 from harness.report.kit import (flatten, hardware_label, mixer_colors, percent_mean_std, save_figure, settings_label,
                                 status_note, varying_keys, write_table)
 
@@ -107,7 +108,7 @@ def model_groups(records: list[dict]) -> tuple[list[str], dict[tuple, dict[float
     groups: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         flat = flatten(r["config"])
-        key = (r["config"]["mixer"]["name"], width(r), *(flat.get(k) for k in extra))
+        key = (mixer_label(r["config"]), width(r), *(flat.get(k) for k in extra))
         groups[key][r["config"]["train"]["lr"]].append(r)
     return extra, groups
 
@@ -279,7 +280,7 @@ def shorts(records: list[dict]) -> str:
     """The short-convolution kernel sizes by mixer: ``k=3 (attention, tmm), off (mamba)``."""
     by_size: dict[int, set[str]] = defaultdict(set)
     for r in records:
-        by_size[r["config"]["model"].get("short_conv", 0)].add(r["config"]["mixer"]["name"])
+        by_size[r["config"]["model"].get("short_conv", 0)].add(mixer_label(r["config"]))
     return ", ".join(f"{'off' if k == 0 else f'k={k}'} ({', '.join(sorted(v))})" for k, v in sorted(by_size.items()))
 
 
