@@ -198,13 +198,16 @@ def test_matching_sizes_hybrids_and_swiglu_within_tolerance(extra):
 
 # ---- records and reports ------------------------------------------------------------------------
 def test_a_hybrid_trains_and_its_record_and_report_name_the_stack(tmp_path):
-    """A two-layer gla + attention hybrid with SwiGLU learns to copy four tokens."""
-    cfg = make_config("mixer=attention", "model.stack=[gla,mixer]", "model.channel_mixer=swiglu", "task.protocol=fixed",
-                      "train.steps=300", "task.max_train_len=4", "task.eval_lengths=[4]", "task.eval_samples=128",
+    """A two-layer gla + attention hybrid with SwiGLU learns to copy eight tokens (about 0.1 accuracy
+    after 20 steps, 1.0 after 60: measured)."""
+    cfg = make_config("mixer=attention", "mixer.heads=2", "model.stack=[gla,mixer]", "model.channel_mixer=swiglu",
+                      "model.d_model=32", "task.protocol=fixed", "task.max_train_len=8", "task.eval_lengths=[8]",
+                      "task.eval_samples=64", "train.steps=120", "train.eval_every=20", "train.threads=1",
                       results_dir=tmp_path)
     record = execute(cfg)
     assert record["status"] == "ok", record.get("error")
-    assert record["final"]["eval"]["L4"]["accuracy"] >= 0.9, record["final"]["eval"]
+    assert record["curve"][0]["eval"]["L8"]["accuracy"] < 0.5
+    assert record["final"]["eval"]["L8"]["accuracy"] >= 0.95, record["final"]["eval"]
     assert record["mixer"] == "gla+attention"
     assert [layer["mixer"] for layer in record["layers"]] == ["gla", "attention"]
     assert record["recipe"]["block"]["mlp"]["kind"] == "swiglu"
