@@ -9,7 +9,10 @@ Options (conf/model/small.yaml holds their defaults, which are the layout above)
 - ``mlp_ratio: 0``: no MLP sublayer (Zoology's recall models: their state mixer is the identity);
 - ``order: mlp_first``: the MLP sublayer before the mixer's (the TMM authors' MixerBlock);
   ``mlp_activation``: ``gelu`` or ``silu``; ``final_norm: false``: no norm before the head;
-- ``init`` (``INITS``): ``reference`` (below), ``normal_002`` or ``kaiming`` (``initialise``).
+- ``init`` (``INITS``): ``reference`` (below), ``normal_002`` or ``kaiming`` (``initialise``);
+- ``stack``: a mixer per layer (a hybrid, ``harness.run.stack``: ``gla×2+attention``); FLOPs, parameters,
+  decoding state and decode run over the blocks, so they sum over the stack's layers;
+- ``channel_mixer`` (``CHANNEL_MIXERS``): the MLP above, or ``SwiGLU`` (Llama's, MAD's; no biases).
 Tasks with continuous inputs or outputs (``input_dim`` / ``output_dim`` > 0, e.g. in-context
 regression) swap the token embedding for a linear read-in ``input_dim -> d_model`` and the LM head
 for a linear read-out ``d_model -> output_dim`` (as Garg et al. 2022 do around GPT-2); everything

@@ -216,3 +216,27 @@ def test_a_hybrid_trains_and_its_record_and_report_name_the_stack(tmp_path):
     assert path.name.startswith("copy-gla+attention-") and path.exists()
     assert records.read_record(path)["id"] == records.run_id(cfg)
     assert group_key(record)[0] == "gla+attention"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_hybrid_on_cuda_runs_each_layers_kernels_and_matches_cpu():
+    """gla, attention and mamba with ``impl=auto`` (fla and mamba_ssm kernels where installed) and
+    SwiGLU: fp32 logits on CUDA within kernel rounding of the CPU model's, decoding as it runs in
+    parallel, and the backend naming each layer's path."""
+    stack = [{"name": "gla", "heads": 4, "impl": "auto"}, {"name": "attention", "heads": 4},
+             {"name": "mamba", "impl": "auto", "d_state": 16, "headdim": 16, "chunk_size": 16}]
+    torch.manual_seed(0)
+    model = SequenceModel(vocab_size=64, d_model=64, n_layers=3, max_len=64, mixer="attention",
+                          mixer_options={"heads": 4}, stack=stack, channel_mixer="swiglu").eval()
+    tokens = torch.randint(0, 64, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cpu_logits = model(tokens)
+        gpu = model.cuda()
+        full = gpu(tokens.cuda())
+        assert (full.cpu() - cpu_logits).abs().max() <= 1e-3 * cpu_logits.abs().max()
+        logits, states = gpu.prefill(tokens[:, :32].cuda())
+        for t in range(32, 64):
+            step, states = gpu.decode(tokens[:, t].cuda(), states)
+            assert (step - full[:, t]).abs().max() <= 1e-3 * full.abs().max(), t
+    assert gpu.backend.startswith("gla: ") and "; attention: " in gpu.backend and "; mamba: " in gpu.backend
