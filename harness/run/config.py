@@ -410,7 +410,9 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
     except Exception as err:  # noqa: BLE001 - whatever a mixer raises while building, its options caused it
         if is_out_of_memory(err):
             raise
-        named = any(k in str(err) for k in options) or stack is not None
+        if stack is not None:  # the layers' options are in model.stack
+            raise ConfigError(f"mixer ({name}): {err} (with d_model={d_model}; the layers' options in model.stack)") from None
+        named = any(k in str(err) for k in options)
         raise ConfigError(f"mixer ({name}): {err}" + ("" if named else f" (with d_model={d_model}, "
                                                       f"{_shown(options)})")) from None
     model.matching = matching  # what parameter matching chose (None without it); runs record it
