@@ -83,11 +83,17 @@ def ignored(key: str) -> bool:
 
 def varying_keys(records: list[dict]) -> list[str]:
     """Config keys (besides mixer, protocol and seed) whose values differ between records; a hybrid
-    stack is named by the mixer's label (``group_key``), not as a key."""
+    stack is named by the mixer's label (``group_key``), and is a key only where two stacks of one
+    label differ (in a layer's options)."""
     flats = [flatten(r["config"]) for r in records]
     keys = sorted(set().union(*flats)) if flats else []
 
     def varies(key: str) -> bool:
+        if key == "model.stack":
+            by_label = defaultdict(set)
+            for r, f in zip(records, flats):
+                by_label[mixer_label(r["config"])].add(repr(f.get(key)))
+            return any(len(v) > 1 for v in by_label.values())
         if key.startswith("mixer."):  # options differ between mixers by design; compare within one mixer
             by_mixer = defaultdict(set)
             for f in flats:
@@ -95,7 +101,7 @@ def varying_keys(records: list[dict]) -> list[str]:
             return any(len(v) > 1 for v in by_mixer.values())
         return len({repr(f.get(key)) for f in flats}) > 1
 
-    return [k for k in keys if not ignored(k) and k not in ("mixer.name", "task.protocol", "model.stack") and varies(k)]
+    return [k for k in keys if not ignored(k) and k not in ("mixer.name", "task.protocol") and varies(k)]
 
 
 def group_key(record: dict, extra: tuple[str, ...] = ()) -> tuple:

@@ -240,3 +240,16 @@ def test_a_hybrid_on_cuda_runs_each_layers_kernels_and_matches_cpu():
             step, states = gpu.decode(tokens[:, t].cuda(), states)
             assert (step - full[:, t]).abs().max() <= 1e-3 * full.abs().max(), t
     assert gpu.backend.startswith("gla: ") and "; attention: " in gpu.backend and "; mamba: " in gpu.backend
+
+
+def test_reports_tell_stacks_apart_by_label_and_by_layer_options_only_where_a_label_is_shared():
+    from harness.report.kit import varying_keys
+
+    def record(*overrides):
+        return {"config": make_config(*TINY, *overrides)}
+
+    plain, hybrid = record(), record("model.stack=[mixer,attention]")
+    assert "model.stack" not in varying_keys([plain, hybrid])  # the labels (tmm, tmm+attention) tell them apart
+    assert [group_key(r)[0] for r in (plain, hybrid)] == ["tmm", "tmm+attention"]
+    narrow = record("model.stack=[mixer,{name:attention,heads:2}]")  # the same label, a layer's option differs
+    assert "model.stack" in varying_keys([hybrid, narrow])
