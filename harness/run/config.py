@@ -347,7 +347,7 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
                              position=model_cfg.get("position", "none"), init=model_cfg.get("init", "reference"),
                              short_conv=model_cfg.get("short_conv", 0), order=model_cfg.get("order", "mixer_first"),
                              mlp_activation=model_cfg.get("mlp_activation", "gelu"),
-                             final_norm=model_cfg.get("final_norm", True))
+                             final_norm=model_cfg.get("final_norm", True), readout=task.readout)
 
     matching = None
     target = model_cfg.get("match_params")
