@@ -171,3 +171,18 @@ def test_readout_last_decodes_from_the_last_state_only():
 def test_impossible_parameters_name_the_field(name, options, field):
     with pytest.raises(TaskConfigError, match=field):
         build_task(name, **options)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_training_batches_on_a_cuda_generator(name):
+    """The fixed training set moves to the generator's device once; fresh examples are drawn there."""
+    task = build_task(name, **SMALL[name])
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batch = task.train_batch(8, g)
+    assert batch.inputs.device.type == "cuda" and batch.mask.device.type == "cuda"
+    pool = {tuple(r) for r in task.training_set.examples().inputs.tolist()}
+    assert {tuple(r) for r in batch.inputs.tolist()} <= pool
+    fresh = build_task(name, **{**SMALL[name], "num_train_examples": None}).train_batch(8, g)
+    assert fresh.inputs.device.type == "cuda" and fresh.inputs.shape[1] == task.max_input_len()
