@@ -33,3 +33,4 @@ def test_attention_learns_to_compress_a_short_sequence_into_its_last_state(tmp_p
     record = execute(cfg)
     assert record["status"] == "ok", record.get("error")
     assert record["final"]["eval"]["test"]["accuracy"] >= 0.95, record["final"]["eval"]  # guessing: 1/3 (+ the last)
+    assert record["recipe"]["readout"] == "last" and record["flops_per_sequence"]["readout"] > 0

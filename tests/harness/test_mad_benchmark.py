@@ -55,7 +55,7 @@ def test_epoch_budget():
     small = make_config("+experiment=mad_benchmark", "task=compression", "task.num_train_examples=800", "mixer=attention")
     assert small["train"]["steps"] == 1400 and small["train"]["eval_every"] == 140 and small["train"]["warmup_steps"] == 0
     copy = make_config("+experiment=mad_benchmark", "task=selective_copy", "mixer=attention")
-    assert copy["train"]["steps"] == 20000  # fresh examples: MAD's 12,800 a epoch
+    assert copy["train"]["steps"] == 20000  # fresh examples: MAD's 12,800 an epoch
 
 
 @pytest.mark.parametrize("experiment,name,grid", [("mad_benchmark_cpu", "mad_sweep_cpu", 2), ("mad_benchmark", "mad_sweep", 6)])
