@@ -40,3 +40,21 @@ def test_unknown_readout_and_decoding_are_refused():
     model = SequenceModel(8, 16, 1, 20, "attention", {"heads": 2}, readout="last")
     with pytest.raises(ValueError, match="readout 'last'"):
         model.decode(torch.zeros(1, dtype=torch.long), [{}])
+
+
+def test_compiled_steps_never_pad_a_model_that_reads_the_last_position():
+    import contextlib
+
+    import tasks
+    from harness.run.step import StepRunner
+
+    task = tasks.build("compression", vocab_size=8, seq_len=12, num_train_examples=None, eval_samples=4)
+    model = SequenceModel(8, 16, 1, 12, "attention", {"heads": 2}, readout="last")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    runner = StepRunner("compile", model, task, optimizer, [1e-3], lambda step: 1.0, 0.0, contextlib.nullcontext,
+                        torch.device("cpu"))
+    runner._compiled = runner._forward_loss  # the padding decision is what is tested, not inductor
+    batch = task.train_batch(2, torch.Generator().manual_seed(0))
+    short = type(batch)(batch.inputs[:, -5:], batch.targets[:, -5:], batch.mask[:, -5:])  # 5 of the 12 positions
+    runner(short, 0)
+    assert runner.info["buckets"] == [5]  # not 8: padding would move the last position
