@@ -20,7 +20,8 @@ def precision_as_run(device: torch.device, precision: str) -> str:
 def recipe(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """``{"weight_decay", "weight_decay_rule", "weight_decay_exempt" ({name: why}),
     "parameter_overrides" ({name: optimiser settings}), "init", "short_conv", "block" (order, MLP
-    activation and width, final norm, tied head), "schedule", "precision"}``."""
+    activation and width, final norm, tied head), "readout" (each position's state, or the last one's
+    for every output: ``SequenceModel.readout``), "schedule", "precision"}``."""
     blocks = getattr(model, "blocks", [])
     mlp = blocks[0].mlp if blocks else None
     return {
@@ -34,6 +35,7 @@ def recipe(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
                   "mlp": None if mlp is None else {"hidden": mlp.hidden, "activation": mlp.activation},
                   "final_norm": not isinstance(getattr(model, "norm", None), nn.Identity),
                   "tied_head": bool(getattr(model, "tie_embeddings", False))},
+        "readout": getattr(model, "readout", "sequence"),
         "schedule": {"name": cfg.schedule, "warmup_steps": cfg.warmup_steps, "min_lr_ratio": cfg.min_lr_ratio},
         "precision": precision_as_run(device, cfg.precision),
     }
