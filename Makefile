@@ -21,7 +21,7 @@ SIZE        = $(shell $(PY) -m harness.launch --suffix)
 
 .PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
         recall-zoology-figure2 recall-window-sweep recall-state-sweep scaling-benchmark generation-benchmark \
-        overhead-benchmark throughput-benchmark retention-benchmark invertibility-benchmark report clean
+        overhead-benchmark throughput-benchmark retention-benchmark invertibility-benchmark mad-benchmark report clean
 
 help:  ## this list
 	@grep -E '^[a-z][a-zA-Z0-9_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
@@ -52,6 +52,15 @@ recall-benchmark icl-benchmark lm-benchmark: %-benchmark: setup  ## MQAR, in-con
 	$(PY) -m harness.freeze_eval +experiment=$*_benchmark$(SIZE) $(ARGS)
 	$(PY) -m harness.run --multirun +experiment=$*_benchmark$(SIZE) $(call launch,+experiment=$*_benchmark$(SIZE)) $(ARGS)
 	$(PY) -m harness.report --benchmark $*_benchmark $(REPORT_ARGS)
+
+# MAD's synthetic tasks (Poli et al. 2024): its difficulty sweep (conf/mad_sweep$(SIZE).yaml) is one sweep
+# per task and axis (python -m harness.launch.mad prints them), each over MAD's protocol and grid
+# (conf/experiment/mad_benchmark$(SIZE).yaml); then the report with MAD's aggregate score.
+mad-benchmark: setup  ## MAD: compression, memorization, noisy / fuzzy / plain recall, selective copy; MAD score
+	$(PY) -m harness.launch.mad mad_sweep$(SIZE) | while read -r sweep; do \
+	  $(PY) -m harness.run --multirun +experiment=mad_benchmark$(SIZE) $$sweep $(call launch,+experiment=mad_benchmark$(SIZE)) $(ARGS) < /dev/null || exit 1; \
+	done
+	$(PY) -m harness.report --benchmark mad_benchmark $(REPORT_ARGS)
 
 # Beside recall-benchmark (the Based paper's mixture protocol): the Zoology paper's Figure 2 protocol
 # (one setting per run, zero filler), and the window and state-size sweeps; each conf/experiment/ file

@@ -86,7 +86,8 @@ def build(name: str, **options) -> Task:
 register_task, build_task, available_tasks = register, build, available
 
 
-from tasks import autoencode, copy, copy_text, icl_language, icl_regression, lm_text, mqar, selective_copy  # noqa: E402,F401
+from tasks import (autoencode, compression, copy, copy_text, fuzzy_recall, icl_language, icl_regression,  # noqa: E402,F401
+                   lm_text, memorization, mqar, noisy_recall, selective_copy)
 
 __all__ = ["Batch", "Task", "TaskConfigError", "UnknownTaskError", "register", "build", "available", "task_class",
            "options_of", "register_task", "build_task", "available_tasks"]

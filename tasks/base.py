@@ -66,7 +66,9 @@ class Task:
 
     ``input_kind`` / ``output_kind`` are ``"tokens"`` (ids in ``[0, vocab_size)``, LM head) or
     ``"continuous"`` (vectors of ``input_dim`` in, ``output_dim`` values out, linear read-in and
-    read-out in the backbone).
+    read-out in the backbone). ``readout`` says where each output comes from: ``"sequence"``, the
+    state at its own position (causal sequence modelling); ``"last"``, the state at the last position
+    alone, decoded for every position by the backbone's ``LastStateDecoder`` (MAD's compression).
     """
 
     name: str = "?"
@@ -75,6 +77,7 @@ class Task:
     output_kind: str = "tokens"
     input_dim: int = 0
     output_dim: int = 0
+    readout: str = "sequence"
     # options that shape training batches only, never the evaluation sets (frozen copies ignore them)
     training_options: tuple[str, ...] = ()
 
@@ -115,3 +118,34 @@ class Task:
     def summary(self) -> dict:
         """Facts the report needs (e.g. the training length range)."""
         return {}
+
+
+
+class FixedTrainingSet:
+    """A training set of ``size`` examples drawn once by ``sample(count, generator)`` from a CPU generator
+    seeded ``seed``, as MAD trains on one fixed data set per task setting, the same for every model and
+    run; each batch then takes examples from it with the run's generator. Built on first use, kept
+    per device."""
+
+    def __init__(self, sample, size: int, seed: int):
+        self.sample, self.size, self.seed = sample, size, seed
+        self._on: dict[str, Batch] = {}
+
+    def examples(self, device: torch.device | str = "cpu") -> Batch:
+        key = str(torch.device(device))
+        if key not in self._on:
+            if "cpu" not in self._on:
+                self._on["cpu"] = self.sample(self.size, torch.Generator().manual_seed(self.seed))
+            self._on[key] = self._on["cpu"].to(device)
+        return self._on[key]
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """``batch_size`` examples on ``generator.device``: distinct within the batch while the set holds
+        enough (one batch of a shuffled epoch), uniformly with replacement otherwise."""
+        pool, device = self.examples(generator.device), generator.device
+        if batch_size <= self.size:
+            index = torch.randperm(self.size, generator=generator, device=device)[:batch_size]
+        else:
+            index = torch.randint(0, self.size, (batch_size,), generator=generator, device=device)
+        return Batch(pool.inputs[index], pool.targets[index], pool.mask[index],
+                     {k: v[index] for k, v in pool.extras.items()})

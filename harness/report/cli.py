@@ -4,7 +4,8 @@
     python -m harness.report --benchmark copy_benchmark
     python -m harness.report --all results_dir=/tmp/mine
 
-Each task's runs go to the report module that names the task in its ``TASKS`` (``copy``,
+A benchmark named in a report module's ``BENCHMARKS`` (``mad``) goes whole to that module. Otherwise
+each task's runs go to the report module that names the task in its ``TASKS`` (``copy``,
 ``recall``, ``icl``, ``lm`` beside this file); any other task gets the kit's generic report (a
 table of every final metric, the learning curves), and so does a task whose own report fails,
 with the error printed. One benchmark's failure does not stop the others: every benchmark is
@@ -45,11 +46,24 @@ def task_reports() -> dict[str, object]:
     return found
 
 
+def benchmark_reports() -> dict[str, object]:
+    """Benchmark name -> the report module that names it in ``BENCHMARKS`` (it gets every run of that
+    benchmark, whatever the task: MAD's score spans tasks)."""
+    found = {}
+    for info in pkgutil.iter_modules(harness.report.__path__):
+        if info.name in ("kit", "cli", "__main__"):
+            continue
+        module = importlib.import_module(f"harness.report.{info.name}")
+        for name in getattr(module, "BENCHMARKS", ()):
+            found[name] = module
+    return found
+
+
 def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> list[Path]:
     """Write every table and plot of ``benchmark``, one folder per training profile; records written
     before a config key was added compare at its default (``kit.with_added_defaults``)."""
     written = []
-    reports = task_reports()
+    reports, whole = task_reports(), benchmark_reports().get(benchmark)
     by_profile: dict[str, list[dict]] = defaultdict(list)
     for r in with_added_defaults([r for r in records if r["config"].get("benchmark") == benchmark]):
         if r["config"].get("benchmark") == benchmark:
@@ -61,7 +75,7 @@ def report_benchmark(records: list[dict], benchmark: str, results_dir: Path) -> 
             raise RefusedPath(f"{benchmark} ({profile!r}): not reported, {err}") from None
         by_module: dict[str, list[dict]] = defaultdict(list)
         for r in all_runs:
-            module = reports.get(r["config"]["task"]["name"])
+            module = whole or reports.get(r["config"]["task"]["name"])
             by_module[module.__name__ if module else ""].append(r)
         for name, runs in sorted(by_module.items()):
             if not name:

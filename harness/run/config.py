@@ -6,6 +6,7 @@ before any training. Errors name the field and the allowed values.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, dataclass, fields
 from dataclasses import field as dc_field
@@ -140,6 +141,18 @@ def short_conv_unless(mixer: str, kernel_size: int, own: list) -> int:
 
 
 OmegaConf.register_new_resolver("short_conv_unless", short_conv_unless, replace=True)
+
+
+def epoch_steps(epochs: int, examples: int | None, batch_size: int) -> int:
+    """Training steps of ``epochs`` passes over a fixed training set of ``examples`` in batches of
+    ``batch_size`` (the last batch of an epoch partial, as a data loader gives it): ``train.steps:
+    ${epoch_steps:200,${task.num_train_examples},${train.batch_size}}`` (MAD trains 200 epochs)."""
+    _check(examples is not None, "task.num_train_examples",
+           "is null (fresh examples every step), so a budget in epochs has no length; give a training-set size")
+    return int(epochs) * math.ceil(int(examples) / int(batch_size))
+
+
+OmegaConf.register_new_resolver("epoch_steps", epoch_steps, replace=True)
 
 
 def to_dict(cfg: DictConfig | dict) -> dict:
@@ -387,7 +400,7 @@ def make_model(model_cfg: dict, mixer_cfg: dict, task: Task) -> SequenceModel:
                              position=model_cfg.get("position", "none"), init=model_cfg.get("init", "reference"),
                              short_conv=model_cfg.get("short_conv", 0), order=model_cfg.get("order", "mixer_first"),
                              mlp_activation=model_cfg.get("mlp_activation", "gelu"),
-                             final_norm=model_cfg.get("final_norm", True), stack=stack,
+                             final_norm=model_cfg.get("final_norm", True), readout=task.readout, stack=stack,
                              channel_mixer=model_cfg.get("channel_mixer", "mlp"),
                              swiglu_multiple_of=model_cfg.get("swiglu_multiple_of", 16))
 

@@ -21,6 +21,9 @@ notion of position (RoPE, Toeplitz lags, convolutions, recurrences); ``position=
 learned absolute position embedding ``(max_len, d_model)`` to the read-in, as GPT-2 (and Garg et
 al.'s model around it) has. Backbone weights (embedding, MLP, head) use GPT-2's normal(0, 0.02)
 initialisation with the MLP output scaled by 1/sqrt(2 N); each mixer keeps its paper's own.
+``readout="last"`` (a task's ``readout``, MAD's compression): every output is decoded from the last
+position's state alone (``LastStateDecoder``, mad-lab's ``AutoEncoder`` with ``global_pool='last'``)
+before the final norm and head.
 """
 from __future__ import annotations
 
@@ -175,6 +178,41 @@ def make_norm(kind: str, d_model: int) -> nn.Module:
     raise ValueError(f"model.norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
 
 
+READOUTS = ("sequence", "last")  # a task's readout: each position's own state, or the last one's for all
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """``(length, dim)``: fairseq's sinusoidal position embedding, as mad-lab's ``posemb_sincos_1d``
+    (sines of ``dim // 2`` geometric frequencies, then their cosines; a zero column for odd ``dim``)."""
+    half = dim // 2
+    frequency = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / max(half - 1, 1)))
+    angle = torch.arange(length, dtype=torch.float)[:, None] * frequency[None]
+    table = torch.cat([torch.sin(angle), torch.cos(angle)], 1)
+    return torch.cat([table, torch.zeros(length, dim - 2 * half)], 1)
+
+
+class LastStateDecoder(nn.Module):
+    """MAD's compression decoder (mad-lab's ``AutoEncoder.decode``): the last position's state ``(batch,
+    d)`` plus a fixed sinusoidal embedding of each output position, through norm -> linear -> GELU ->
+    norm -> linear -> GELU (non-expanding): ``(batch, n, d) -> (batch, n, d)``, every output position
+    decoded from ``x[:, -1]`` alone."""
+
+    def __init__(self, d_model: int, max_len: int, norm: str):
+        super().__init__()
+        self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
+        self.layers = nn.Sequential(make_norm(norm, d_model), nn.Linear(d_model, d_model), nn.GELU(),
+                                    make_norm(norm, d_model), nn.Linear(d_model, d_model), nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        return self.layers(x[:, -1:] + self.positions[:n])
+
+    def flops(self, length: int) -> float:
+        """Per sequence: the position add, two norms, two linear layers with biases, two GELUs (4 per element)."""
+        n, d = length, self.positions.shape[1]
+        return n * d + 2 * (F.layer_norm(n, d) + F.linear(n, d, d) + n * d + 4.0 * n * d)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (``order="mlp_first"``:
     the MLP's sublayer first); without an MLP (``mlp_ratio`` 0, no ``mlp_hidden``) the mixer's alone.
@@ -250,8 +288,11 @@ class SequenceModel(nn.Module):
                  tie_embeddings: bool = False, input_dim: int = 0, output_dim: int = 0, mlp_hidden: int | None = None,
                  train_len: int | None = None, position: str = "none", init: str = "reference", short_conv: int = 0,
                  order: str = "mixer_first", mlp_activation: str = "gelu", final_norm: bool = True,
-                 stack: list[dict] | None = None, channel_mixer: str = "mlp", swiglu_multiple_of: int = 16):
+                 readout: str = "sequence", stack: list[dict] | None = None, channel_mixer: str = "mlp",
+                 swiglu_multiple_of: int = 16):
         super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"the task's readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         if position not in POSITIONS:
             raise ValueError(f"model.position must be one of {', '.join(POSITIONS)}, got {position!r}")
         if init not in INITS:
@@ -278,6 +319,8 @@ class SequenceModel(nn.Module):
                   mlp_ratio, norm, mlp_hidden, short_conv, order, mlp_activation, channel_mixer, swiglu_multiple_of)
             for name, options in self.layers
         )
+        self.readout = readout
+        self.decoder = LastStateDecoder(d_model, max_len, norm) if readout == "last" else None
         self.norm = make_norm(norm, d_model) if final_norm else nn.Identity()
         # read-out: the LM head for tokens, a linear map with bias for values (Garg et al.'s read_out)
         self.head = nn.Linear(d_model, output_dim) if output_dim else nn.Linear(d_model, vocab_size, bias=False)
@@ -302,6 +345,11 @@ class SequenceModel(nn.Module):
                 nn.init.normal_(block.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.n_layers))
                 for layer in (block.mlp.fc, block.mlp.proj) if block.mlp.kind == "mlp" else ():
                     nn.init.zeros_(layer.bias)
+        if self.decoder is not None:  # mad-lab's AutoEncoder._init_weights
+            for layer in self.decoder.layers:
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=0.02)
+                    nn.init.zeros_(layer.bias)
         for block in self.blocks:  # Zoology's init of its BaseConv (zoology/model.py, _init_weights)
             if block.short_conv is not None:
                 nn.init.normal_(block.short_conv.projection.weight, std=0.02)
@@ -320,6 +368,8 @@ class SequenceModel(nn.Module):
         x = self.read_in(tokens, 0)
         for block in self.blocks:
             x = block(x)
+        if self.decoder is not None:
+            x = self.decoder(x)
         return self.head(self.norm(x))
 
     def read_in(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
@@ -335,6 +385,7 @@ class SequenceModel(nn.Module):
     def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """Parallel forward over a prompt ``tokens (batch, n)``: logits ``(batch, n, vocab)`` and the
         per-layer decoding states."""
+        self._check_decodable()
         x, states = self.read_in(tokens, 0), []
         for block in self.blocks:
             x, state = block.prefill(x)
@@ -344,6 +395,7 @@ class SequenceModel(nn.Module):
     def decode(self, token: torch.Tensor, states: list[dict], position: int | None = None) -> tuple[torch.Tensor, list[dict]]:
         """One step: ``token (batch,)`` -> next-token logits ``(batch, vocab)`` and updated states.
         ``position`` (the token's index in the sequence) is needed with a learned position embedding."""
+        self._check_decodable()
         if self.position_embed is not None and position is None:
             raise ValueError("decode: a model with a learned position embedding needs the token's position")
         x, new = self.read_in(token[:, None], position or 0)[:, 0], []
@@ -351,6 +403,10 @@ class SequenceModel(nn.Module):
             x, state = block.step(x, state)
             new.append(state)
         return self.head(self.norm(x)), new
+
+    def _check_decodable(self) -> None:
+        if self.decoder is not None:
+            raise ValueError("a model with readout 'last' decodes every output from the whole input: no token-by-token decoding")
 
     def state_bits(self, length: int, bits_per_value: int = 32) -> float:
         """Bits of decoding state after ``length`` tokens, all layers (``Mixer.state_size`` values of
@@ -419,6 +475,7 @@ class SequenceModel(nn.Module):
             "mlp": L * mlp.flops(n) if mlp is not None else 0.0,  # the channel mixer (MLP.flops, SwiGLU.flops)
             "norm_residual": (sublayers * L + final) * F.layer_norm(n, d) + sublayers * L * n * d,
             **convs,
+            **({"readout": self.decoder.flops(n)} if self.decoder is not None else {}),
             "head": F.linear(n, d, self.output_dim) + n * self.output_dim if self.output_dim else F.linear(n, d, self.vocab_size),
         }
 

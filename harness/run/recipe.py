@@ -21,6 +21,7 @@ def recipe(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """``{"weight_decay", "weight_decay_rule", "weight_decay_exempt" ({name: why}, every layer's own
     mixer's in a hybrid stack), "parameter_overrides" ({name: optimiser settings}), "init",
     "short_conv", "block" (order, channel mixer: kind, activation and width, final norm, tied head),
+    "readout" (each position's state, or the last one's for every output: ``SequenceModel.readout``),
     "schedule", "precision"}``. A record's ``layers`` names each layer's mixer."""
     blocks = getattr(model, "blocks", [])
     mlp = blocks[0].mlp if blocks else None
@@ -36,6 +37,7 @@ def recipe(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
                                                    "activation": mlp.activation},
                   "final_norm": not isinstance(getattr(model, "norm", None), nn.Identity),
                   "tied_head": bool(getattr(model, "tie_embeddings", False))},
+        "readout": getattr(model, "readout", "sequence"),
         "schedule": {"name": cfg.schedule, "warmup_steps": cfg.warmup_steps, "min_lr_ratio": cfg.min_lr_ratio},
         "precision": precision_as_run(device, cfg.precision),
     }

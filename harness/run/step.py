@@ -4,7 +4,8 @@ A small model is bound by kernel launches and host work, not by the GPU; the las
 that cost away. Both need shapes that repeat, so a batch is padded at the end of the sequence to its
 *bucket* (the next power of two, at most the task's longest training input): padded positions are
 unscored (``mask`` False) and every mixer is causal, so the loss and the gradients are those of the
-unpadded batch (up to rounding). Eager runs are never padded.
+unpadded batch (up to rounding). Eager runs are never padded, nor are models whose outputs all read
+the last position (``readout="last"``), where padding would move that position.
 
 - ``none``: ``train_step`` as it always ran.
 - ``compile``: the forward and the task's loss through ``torch.compile(dynamic=False)`` (one
@@ -120,6 +121,8 @@ class StepRunner:
             self._backward_update(loss)
             return loss.detach()
         length = bucket_length(batch.inputs.shape[1], self.longest)
+        if getattr(self.model, "readout", "sequence") == "last":  # outputs read the last position: never pad
+            length = batch.inputs.shape[1]
         batch = pad_batch(batch, length)
         self.buckets.add(length)
         if self.ran == "compile":

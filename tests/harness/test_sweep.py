@@ -45,11 +45,12 @@ def experiment_mixers(experiment: str = "copy_benchmark") -> set[str]:
 # Registered mixers each benchmark's sweep leaves out, and why; every other registered mixer runs.
 LEFT_OUT = {
     **{name: {"mamba2": "the same model as mamba, whose default is version=2"}
-       for name in ("copy_benchmark", "selective_copy_benchmark", "recall_benchmark", "icl_benchmark", "lm_benchmark")},
+       for name in ("copy_benchmark", "selective_copy_benchmark", "recall_benchmark", "icl_benchmark", "lm_benchmark",
+                    "mad_benchmark")},
     # (the recall benchmark runs based as based_linear: without its window, as Zoology's recall sweeps)
     **{name: {m: "a CPU budget: the _cpu variants run the four mixers mamba, hyena, tmm, attention"
               for m in set(mixers.available()) - {"mamba", "hyena", "tmm", "attention"}}
-       for name in ("recall_benchmark_cpu", "icl_benchmark_cpu", "lm_benchmark_cpu")},
+       for name in ("recall_benchmark_cpu", "icl_benchmark_cpu", "lm_benchmark_cpu", "mad_benchmark_cpu")},
 }
 
 
