@@ -32,6 +32,8 @@ MIXER_CASES = {
     "gla-recurrent": {"heads": 2, "impl": "recurrent"},
     "based": {"heads": 2, "feature_dim": 4, "window": 8, "chunk_size": 8},
     "based-linear": {"heads": 2, "feature_dim": 4, "window": 0, "chunk_size": 8},
+    "retnet": {"heads": 2, "chunk_size": 8, "subchunk_size": 4},
+    "retnet-recurrent": {"heads": 2, "impl": "recurrent"},
     "sliding_window_attention": {"heads": 2, "window": 8},
     "sliding_window_attention-dense": {"heads": 2, "window": 8, "impl": "dense"},
 }
