@@ -4,6 +4,7 @@ equals the PyTorch path."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -110,6 +111,25 @@ def test_fla_path_on_documented_op_equals_pytorch_path(fake_fla, n):
         got.append((y, state["kv"], *torch.autograd.grad((y * w).sum(), [x, *mixer.parameters()])))
     for a, b in zip(*got):
         assert torch.allclose(a, b, atol=1e-10, rtol=1e-9)
+
+
+def test_conf_default_is_the_pytorch_path_on_cuda_too(fake_fla):
+    """fla is opt-in (impl=fla, or impl=auto) until its GPU equality tests have passed on a GPU."""
+    from omegaconf import OmegaConf
+    options = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "mixer" / "retnet.yaml"))
+    options.pop("name")
+    for mixer in (mixers.build("retnet", 128, 64, **options), mixers.build("retnet", 128, 64)):  # conf, class defaults
+        assert mixer.impl == "chunked" and mixer._path(torch.device("cuda")) == "chunked"
+
+
+@pytest.mark.parametrize("heads,fits", [(8, True), (16, False)])  # key widths 16 and 8 at d_model 128
+def test_auto_takes_fla_on_cuda_only_for_heads_fla_tiles(fake_fla, heads, fits):
+    mixer = mixers.build("retnet", 128, 64, impl="auto", heads=heads)
+    assert mixer._path(torch.device("cuda")) == ("fla" if fits else "chunked")
+    assert mixer._path(torch.device("cpu")) == "chunked"
+    if not fits:
+        with pytest.raises(ValueError, match="retnet: impl=fla needs per-head widths >= 16"):
+            mixers.build("retnet", 128, 64, impl="fla", heads=heads)
 
 
 def test_forced_fla_without_fla_or_cuda_names_the_option():
