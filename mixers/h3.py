@@ -36,7 +36,7 @@ from torch import nn
 from mixers import register
 from mixers.base import Mixer
 from mixers.ops import flops as F
-from mixers.ops.ssm_conv import diag_discretised, diag_kernel, diag_state, diag_step, shift_kernel, shift_state, shift_step
+from mixers.ops.ssm_conv import diag_discretised, diag_kernel, diag_kernel_blocks, diag_state, diag_step, shift_kernel, shift_state, shift_step
 from mixers.ops.toeplitz import causal_toeplitz_fft
 
 IMPLS = ("fft", "recurrent")
@@ -192,9 +192,12 @@ class H3(Mixer):
         if self.impl != "fft":
             return {}
         n, d, H, N = length, self.d_model, self.heads, self.d_state
+        blocks, block = diag_kernel_blocks(n)
+        modes = H * (N // 2)
         return {
-            "matmul": 2.0 * d * N * N + 2 * 2.0 * H * (N // 2) * n,
-            # discretisation (about 30 per mode); powers: complex multiply-exp (about 8 per mode and position)
-            "elementwise": 30.0 * H * (N // 2) + 8.0 * H * (N // 2) * n,
+            "matmul": 2.0 * d * N * N + 2 * 2.0 * modes * blocks * block,
+            # discretisation (about 30 per mode); powers (complex multiply and exp: about 8 per mode and
+            # power, block + blocks of them) and the block weights (a complex multiply, 6)
+            "elementwise": 30.0 * modes + 8.0 * modes * (block + blocks) + 6.0 * modes * blocks,
             "fft": F.real_fft(F.fft_size(n), d + H),
         }

@@ -10,8 +10,8 @@ head ``h`` of ``heads``). The layer follows fla-org/flash-linear-attention ``fla
 (``MultiScaleRetention``, fla 0.6.0) at its defaults: key dimension ``expand_k * d_model`` (1), value
 dimension ``expand_v * d_model`` (2), 8 heads, no short convolution (``use_short_conv=False``), no feature
 map, rotate-half rotary embeddings on q and k (``RotaryEmbedding(head_k_dim)``, base 10000: the paper's
-``e^(i n theta)`` rotation, eq. (3); the xPos-like per-position scale is the decay gamma itself), a per-head RMSNorm with a learned scale (the paper's
-GroupNorm over heads, as fla's ``FusedRMSNormGated``), the swish output gate ``swish(x W_g)``, and an
+``e^(i n theta)`` rotation, eq. (3); the xPos-like per-position scale is the decay gamma itself), a
+per-head RMSNorm with a learned scale (the paper's GroupNorm over heads, as fla's ``FusedRMSNormGated``), the swish output gate ``swish(x W_g)``, and an
 output projection; linear layers without bias, initialised normal(0, 0.02) as fla's models
 (``fla/models/modeling_utils.py``, ``initializer_range``).
 

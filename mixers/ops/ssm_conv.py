@@ -57,12 +57,27 @@ def diag_discretised(log_dt: torch.Tensor, inv_A_real: torch.Tensor, A_imag: tor
     return (1 + dtA / 2) / (1 - dtA / 2), B * dt / (1 - dtA / 2)
 
 
+DIAG_KERNEL_BLOCK = 64  # positions per block of ``diag_kernel``'s Vandermonde product
+
+
+def diag_kernel_blocks(length: int) -> tuple[int, int]:
+    """``(blocks, block)`` of positions ``diag_kernel`` forms for ``length``: ``blocks * block >= length``."""
+    block = min(length, DIAG_KERNEL_BLOCK)
+    return -(-length // block), block
+
+
 def diag_kernel(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, length: int) -> torch.Tensor:
-    """``K (channels, length) = 2 Re(sum_n C_n dB_n dA_n^l)``, the powers as ``exp(l log dA)`` (a Vandermonde
-    product), contracted as two real products."""
-    powers = torch.exp(torch.log(dA)[..., None] * torch.arange(length, device=dA.device, dtype=dA.real.dtype))
-    weights = C * dB  # (channels, N / 2)
-    return 2 * (torch.einsum("cn,cnl->cl", weights.real, powers.real) - torch.einsum("cn,cnl->cl", weights.imag, powers.imag))
+    """``K (channels, length) = 2 Re(sum_n C_n dB_n dA_n^l)``, a Vandermonde product, in blocks of positions
+    ``l = c b + j`` (``b`` positions a block): ``dA^l = dA^(c b) dA^j``, so ``(C dB dA^(c b)) (channels, blocks, N / 2)``
+    times ``dA^j (channels, N / 2, b)``, contracted as two real products; the powers as ``exp(l log dA)``.
+    Nothing of size ``channels x N x length`` is formed."""
+    blocks, block = diag_kernel_blocks(length)
+    log_dA = torch.log(dA)[..., None]  # (channels, N / 2, 1)
+    steps = torch.arange(max(blocks, block), device=dA.device, dtype=dA.real.dtype)
+    inner = torch.exp(log_dA * steps[:block])  # (channels, N / 2, b): dA^j
+    outer = (C * dB)[:, None, :] * torch.exp(log_dA * (steps[:blocks] * block)).transpose(1, 2)  # (channels, blocks, N / 2)
+    K = 2 * (torch.einsum("cbn,cnj->cbj", outer.real, inner.real) - torch.einsum("cbn,cnj->cbj", outer.imag, inner.imag))
+    return K.flatten(1)[:, :length]
 
 
 def diag_step(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, u: torch.Tensor,

@@ -44,6 +44,13 @@ def test_kernels_are_the_recurrences_impulse_responses_and_states(N, n, generato
     assert shift_kernel(B, C, N + 3)[:, N:].abs().max() == 0  # N taps
 
 
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
+def test_blocked_diag_kernel_is_the_vandermonde_product(n, generator):
+    (dA, dB), C = _diag_parameters(3, 4, generator)
+    powers = dA[..., None] ** torch.arange(n, dtype=torch.float64)  # (channels, N / 2, n)
+    assert torch.allclose(diag_kernel(dA, dB, C, n), 2 * ((C * dB)[..., None] * powers).sum(1).real, atol=1e-12)
+
+
 def test_shift_kernel_with_e1_is_c():
     C = torch.randn(5, 6, dtype=torch.float64)
     B = torch.zeros(5, 6, dtype=torch.float64)
@@ -51,7 +58,7 @@ def test_shift_kernel_with_e1_is_c():
     assert torch.equal(shift_kernel(B, C, 6), C)
 
 
-@pytest.mark.parametrize("d,N,e,n", [(16, 8, 1, 1), (16, 8, 2, 5), (16, 8, 4, 20), (12, 4, 3, 13)])
+@pytest.mark.parametrize("d,N,e,n", [(16, 8, 1, 1), (16, 8, 2, 5), (16, 8, 4, 20), (12, 4, 3, 13), (8, 4, 2, 90)])
 def test_fft_path_equals_the_recurrence(d, N, e, n):
     torch.manual_seed(n)
     fft = mixers.build("h3", d, 32, d_state=N, head_dim=e).double()
