@@ -87,7 +87,7 @@ def values_held(state, other_state, batch: int) -> int:
 
 
 @pytest.mark.parametrize("case", DECODABLE)
-@pytest.mark.parametrize("prompt", [1, 7, 30])
+@pytest.mark.parametrize("prompt", [1, 30])  # 30: past every case's sliding window (8)
 def test_state_size_counts_the_values_decoding_holds(case, prompt):
     """``state_size(t)`` equals the values in the state that prefill returns after t tokens and that step
     returns after each further token (the tensors themselves, summed), beyond any sliding window too."""
