@@ -19,6 +19,9 @@ MIXER_CASES = {
     "attention-nope": {"heads": 2, "position": "nope"},
     "mamba": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
     "mamba-v1": {"version": 1, "d_state": 4, "impl": "transformers"},
+    "h3": {"d_state": 8},
+    "h3-heads": {"d_state": 8, "head_dim": 2},
+    "h3-recurrent": {"d_state": 8, "head_dim": 2, "impl": "recurrent"},
     "hyena": {"filter_width": 16},
     "mamba1": {"d_state": 4, "chunk_size": 5, "impl": "torch"},
     "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8, "impl": "torch"},
@@ -32,6 +35,8 @@ MIXER_CASES = {
     "gla-recurrent": {"heads": 2, "impl": "recurrent"},
     "based": {"heads": 2, "feature_dim": 4, "window": 8, "chunk_size": 8},
     "based-linear": {"heads": 2, "feature_dim": 4, "window": 0, "chunk_size": 8},
+    "retnet": {"heads": 2, "chunk_size": 8, "subchunk_size": 4},
+    "retnet-recurrent": {"heads": 2, "impl": "recurrent"},
     "sliding_window_attention": {"heads": 2, "window": 8},
     "sliding_window_attention-dense": {"heads": 2, "window": 8, "impl": "dense"},
 }

@@ -1,5 +1,5 @@
 """flash-linear-attention (fla-org/flash-linear-attention, fla 0.6.0) Triton kernels behind the
-``impl=fla*`` paths of the gla, linear_attention and based mixers.
+``impl=fla*`` paths of the gla, linear_attention, based and retnet mixers.
 
 fla is optional: it is imported on first use, never at import time (importing it pulls in its
 layers and transformers), and ``fla_unavailable()`` says why it cannot run here (not installed, or
@@ -12,6 +12,8 @@ denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
 
 - ``gla``: ``chunk_gla`` with ``scale=1`` (queries come scaled); ``g`` is the natural-log decay,
   as ours (fla converts to base 2 inside).
+- ``retention``: ``chunk_retention`` with ``scale=1`` (queries come scaled); fla fixes head ``h``'s decay
+  at ``1 - 2^(-5 - h)``, as ours.
 - ``linear_attention``: ``chunk_linear_attn(normalize=False, scale=1)`` on the feature-mapped q, k;
   the denominator ``phi(q_t) . sum_{j<=t} phi(k_j)`` from a cumulative sum (float32 for 16-bit inputs).
 - ``based_parallel``: ``parallel_based``'s kernel (``ParallelBasedFunction``), which forms
@@ -41,7 +43,8 @@ def fla_ops() -> SimpleNamespace:
     from fla.ops.based.parallel import ParallelBasedFunction
     from fla.ops.gla import chunk_gla
     from fla.ops.linear_attn import chunk_linear_attn
-    return SimpleNamespace(chunk_gla=chunk_gla, chunk_linear_attn=chunk_linear_attn,
+    from fla.ops.retention import chunk_retention
+    return SimpleNamespace(chunk_gla=chunk_gla, chunk_linear_attn=chunk_linear_attn, chunk_retention=chunk_retention,
                            parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply)
 
 
@@ -104,6 +107,13 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> t
     """``q`` (scaled), ``k``, ``g`` (log decays <= 0) ``(b, n, h, dk)``, ``v (b, n, h, dv)`` -> ``o (b, n, h, dv)``
     and the final state ``(b, h, dk, dv)`` in ``v``'s dtype."""
     o, state = fla_ops().chunk_gla(q, k, v, g, scale=1.0, output_final_state=True)
+    return o, state.to(v.dtype)
+
+
+def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` (scaled), ``k (b, n, h, dk)``, ``v (b, n, h, dv)`` -> ``o (b, n, h, dv)`` and the final state
+    ``(b, h, dk, dv)`` in ``v``'s dtype, with head ``h``'s fixed decay ``1 - 2^(-5 - h)``."""
+    o, state = fla_ops().chunk_retention(q, k, v, scale=1.0, output_final_state=True)
     return o, state.to(v.dtype)
 
 
