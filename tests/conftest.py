@@ -32,6 +32,8 @@ MIXER_CASES = {
     "gla-recurrent": {"heads": 2, "impl": "recurrent"},
     "based": {"heads": 2, "feature_dim": 4, "window": 8, "chunk_size": 8},
     "based-linear": {"heads": 2, "feature_dim": 4, "window": 0, "chunk_size": 8},
+    "rwkv7": {"head_dim": 8, "chunk_size": 8, "zero_output_init": False},  # fla zeroes o_proj: no output to test
+    "rwkv7-recurrent": {"head_dim": 8, "impl": "recurrent", "zero_output_init": False},
     "sliding_window_attention": {"heads": 2, "window": 8},
     "sliding_window_attention-dense": {"heads": 2, "window": 8, "impl": "dense"},
 }

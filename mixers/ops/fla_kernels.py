@@ -1,5 +1,5 @@
 """flash-linear-attention (fla-org/flash-linear-attention, fla 0.6.0) Triton kernels behind the
-``impl=fla*`` paths of the gla, linear_attention and based mixers.
+``impl=fla*`` paths of the gla, linear_attention, based and rwkv7 mixers.
 
 fla is optional: it is imported on first use, never at import time (importing it pulls in its
 layers and transformers), and ``fla_unavailable()`` says why it cannot run here (not installed, or
@@ -24,6 +24,9 @@ denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
   their products give the same kernel value) through ``chunk_linear_attn``, fla's ``chunk`` mode of
   ``BasedLinearAttention``; one zero feature is appended when the count is odd (fla's 16-bit
   backward needs an even key width; a zero feature adds nothing).
+- ``rwkv7``: ``chunk_rwkv7`` (fla's ``chunk_dplr_delta_rule``) with ``scale=1``, ``a = -kappa``,
+  ``b = kappa * a_gate``, the natural-log decay ``w``, and the decay's lower bound ``-e^-0.5``
+  (``safe_gate``, ``lower_bound``, 64-token chunks, as fla's ``RWKV7Attention`` calls it).
 """
 from __future__ import annotations
 
@@ -41,8 +44,10 @@ def fla_ops() -> SimpleNamespace:
     from fla.ops.based.parallel import ParallelBasedFunction
     from fla.ops.gla import chunk_gla
     from fla.ops.linear_attn import chunk_linear_attn
+    from fla.ops.rwkv7 import chunk_rwkv7
     return SimpleNamespace(chunk_gla=chunk_gla, chunk_linear_attn=chunk_linear_attn,
-                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply)
+                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply,
+                           chunk_rwkv7=chunk_rwkv7)
 
 
 @lru_cache(maxsize=1)
@@ -151,3 +156,13 @@ def distinct_taylor_features(x: torch.Tensor) -> torch.Tensor:
 def based_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
     """As ``based_parallel`` through the distinct Taylor features and ``chunk_linear_attn``, O(n) work."""
     return linear_attention(distinct_taylor_features(q), distinct_taylor_features(k), v, eps)[0]
+
+
+def rwkv7(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+          decay_bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RWKV-7's generalised delta rule ``S_t = (diag(exp w_t) + b_t a_t^T) S_{t-1} + k_t^T v_t``, ``o_t = r_t S_t``:
+    ``r, w`` (log decays in ``[-decay_bound, 0)``), ``k, a, b (b, n, h, dk)``, ``v (b, n, h, dv)`` -> ``o (b, n, h, dv)``
+    and the final state ``(b, h, dk, dv)`` in ``v``'s dtype."""
+    o, state = fla_ops().chunk_rwkv7(r=r, w=w, k=k, v=v, a=a, b=b, scale=1.0, output_final_state=True,
+                                     safe_gate=True, lower_bound=-decay_bound, chunk_size=64)
+    return o, state.to(v.dtype)
