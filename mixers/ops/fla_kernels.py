@@ -1,5 +1,5 @@
 """flash-linear-attention (fla-org/flash-linear-attention, fla 0.6.0) Triton kernels behind the
-``impl=fla*`` paths of the gla, linear_attention, based and rwkv7 mixers.
+``impl=fla*`` paths of the gla, hgrn2, linear_attention, based and rwkv7 mixers.
 
 fla is optional: it is imported on first use, never at import time (importing it pulls in its
 layers and transformers), and ``fla_unavailable()`` says why it cannot run here (not installed, or
@@ -11,7 +11,7 @@ normalisation and the normaliser is formed here exactly as the PyTorch path form
 denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
 
 - ``gla``: ``chunk_gla`` with ``scale=1`` (queries come scaled); ``g`` is the natural-log decay,
-  as ours (fla converts to base 2 inside).
+  as ours (fla converts to base 2 inside). hgrn2 calls it too (keys ``1 - f``, as fla's ``HGRN2Attention``).
 - ``linear_attention``: ``chunk_linear_attn(normalize=False, scale=1)`` on the feature-mapped q, k;
   the denominator ``phi(q_t) . sum_{j<=t} phi(k_j)`` from a cumulative sum (float32 for 16-bit inputs).
 - ``based_parallel``: ``parallel_based``'s kernel (``ParallelBasedFunction``), which forms
