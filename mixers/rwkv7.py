@@ -28,7 +28,10 @@ layers: the token-shift mixes ``1 - (i / d)^p``, the decay and ``a`` biases with
 pattern over head channels, ``k_k = 0.71 - 0.1 lin``, ``k_a = 1.02``, ``r_k = -0.04``, orthogonal
 ``r, v`` (gain 1) and ``k`` (gain 0.1), LoRA down-projections zero and up-projections orthogonal
 (gain 0.1), GroupNorm scale ``(1 / init_layers)^0.7``, and ``o_proj`` zero (``zero_output_init``;
-BlinkDL's RWKV-LM zeroes it too).
+BlinkDL's RWKV-LM zeroes it too). Weight decay as the authors train it (BlinkDL's RWKV-LM, RWKV-v7
+``configure_optimizers``): only the r, k, v, o matrices; the LoRA factors and ``r_k`` are marked
+exempt. (RWKV-LM also trains the decay bias at twice the learning rate; not reproduced here: a
+``param._optim`` learning rate is absolute, not relative to the run's schedule.)
 
 ``impl=chunked`` runs the chunkwise-parallel form (``dplr_chunked``); ``impl=recurrent`` the
 token-by-token recurrence; ``impl=fla`` fla's ``chunk_rwkv7`` Triton kernel (``mixers/ops/fla_kernels.py``,
@@ -140,6 +143,10 @@ class RWKV7(Mixer):
         self.a_lora = LowRank(d_model, d_model, ranks["a"], "none")
         self.g_lora = LowRank(d_model, d_model, ranks["gate"], "sigmoid", bias=False)
         self.g_norm = nn.GroupNorm(self.heads, d_model, eps=head_dim * norm_eps)
+        # the authors train without weight decay all but the r, k, v, o matrices (BlinkDL's RWKV-LM decays
+        # only 2-D ``.weight`` parameters: not its LoRA factors w1, w2, a1, a2, g1, g2, nor r_k)
+        for p in (self.r_k, *(lr.lora[i].weight for lr in (self.w_lora, self.a_lora, self.g_lora) for i in (0, 2))):
+            p._no_weight_decay = True
         self._initialise()
 
     @torch.no_grad()

@@ -159,6 +159,13 @@ def test_initialisation_is_flas_first_layer():
     assert log_w.min() > -DECAY_BOUND and log_w.max() < 0 and log_w.std() > 0.1
 
 
+def test_weight_decay_only_on_the_r_k_v_o_matrices_as_rwkv_lm():
+    m = mixers.build("rwkv7", 16, 32, head_dim=8)
+    decayed = {name for name, _ in m.named_parameters()} - set(m.no_weight_decay())
+    assert decayed == {"r_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}
+    assert m.no_weight_decay()["w_lora.lora.0.weight"] == m.no_weight_decay()["r_k"] == "marked"
+
+
 def test_zero_output_at_initialisation_still_trains():
     """fla zeroes o_proj: the output is zero at first, but o_proj's gradient is not."""
     m = mixers.build("rwkv7", 16, 32, head_dim=8)
