@@ -14,8 +14,8 @@ gives none below 128 channels, so narrower models get one head with 128 forget c
 scaled by ``E^-1/2`` (``chunk_gla``'s default scale), an RMSNorm over all channels, the output
 projection; no short convolution (fla's ``use_short_conv=False``); linear layers initialised
 normal(0, 0.02) as in fla's models. ``lower_bound`` (gamma, 0 by default) is the forget gate's lower
-bound: fla's model learns one per layer rising with depth (cumulative softmax over layers), and
-its first layer's is 0; here every layer is a first layer (the backbone passes no bounds), and a
+bound: fla's model learns one per layer rising with depth (cumulative softmax over layers, so at
+initialisation layer i of L has i / L), and its first layer's is 0; here every layer is a first layer (the backbone passes no bounds), and a
 constant bound can be set (``log f = logaddexp(log gamma, log(1 - gamma) + logsigmoid(x W_f))``).
 
 ``impl=chunked`` runs the chunkwise-parallel form with secondary chunking; ``impl=recurrent`` the
