@@ -29,6 +29,8 @@ MIXER_CASES = {
     "tnn-dense": {"rpe_dim": 8, "rpe_layers": 2, "impl": "dense"},
     "gltm": {"pattern": "power2", "heads": 16, "block_size": 8},
     "gltm-square": {"pattern": "square", "heads": 16, "block_size": 2},  # n^1.5 terms visible at d 32
+    "hgrn2": {"expand_ratio": 8, "chunk_size": 8, "subchunk_size": 4},
+    "hgrn2-bounded": {"expand_ratio": 8, "lower_bound": 0.5, "impl": "recurrent"},
     "linear_attention": {"heads": 2, "chunk_size": 8},
     "linear_attention-recurrent": {"heads": 2, "impl": "recurrent"},
     "gla": {"heads": 2, "chunk_size": 8, "subchunk_size": 4},
@@ -37,6 +39,8 @@ MIXER_CASES = {
     "based-linear": {"heads": 2, "feature_dim": 4, "window": 0, "chunk_size": 8},
     "retnet": {"heads": 2, "chunk_size": 8, "subchunk_size": 4},
     "retnet-recurrent": {"heads": 2, "impl": "recurrent"},
+    "rwkv7": {"head_dim": 8, "chunk_size": 8, "zero_output_init": False},  # fla zeroes o_proj: no output to test
+    "rwkv7-recurrent": {"head_dim": 8, "impl": "recurrent", "zero_output_init": False},
     "sliding_window_attention": {"heads": 2, "window": 8},
     "sliding_window_attention-dense": {"heads": 2, "window": 8, "impl": "dense"},
 }

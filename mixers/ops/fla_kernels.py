@@ -1,5 +1,5 @@
 """flash-linear-attention (fla-org/flash-linear-attention, fla 0.6.0) Triton kernels behind the
-``impl=fla*`` paths of the gla, linear_attention, based and retnet mixers.
+``impl=fla*`` paths of the gla, hgrn2, linear_attention, based, retnet and rwkv7 mixers.
 
 fla is optional: it is imported on first use, never at import time (importing it pulls in its
 layers and transformers), and ``fla_unavailable()`` says why it cannot run here (not installed, or
@@ -11,7 +11,7 @@ normalisation and the normaliser is formed here exactly as the PyTorch path form
 denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
 
 - ``gla``: ``chunk_gla`` with ``scale=1`` (queries come scaled); ``g`` is the natural-log decay,
-  as ours (fla converts to base 2 inside).
+  as ours (fla converts to base 2 inside). hgrn2 calls it too (keys ``1 - f``, as fla's ``HGRN2Attention``).
 - ``retention``: ``chunk_retention`` with ``scale=1`` (queries come scaled); fla fixes head ``h``'s decay
   at ``1 - 2^(-5 - h)``, as ours.
 - ``linear_attention``: ``chunk_linear_attn(normalize=False, scale=1)`` on the feature-mapped q, k;
@@ -26,6 +26,9 @@ denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
   their products give the same kernel value) through ``chunk_linear_attn``, fla's ``chunk`` mode of
   ``BasedLinearAttention``; one zero feature is appended when the count is odd (fla's 16-bit
   backward needs an even key width; a zero feature adds nothing).
+- ``rwkv7``: ``chunk_rwkv7`` (fla's ``chunk_dplr_delta_rule``) with ``scale=1``, ``a = -kappa``,
+  ``b = kappa * a_gate``, the natural-log decay ``w``, and the decay's lower bound ``-e^-0.5``
+  (``safe_gate``, ``lower_bound``, 64-token chunks, as fla's ``RWKV7Attention`` calls it).
 """
 from __future__ import annotations
 
@@ -44,8 +47,10 @@ def fla_ops() -> SimpleNamespace:
     from fla.ops.gla import chunk_gla
     from fla.ops.linear_attn import chunk_linear_attn
     from fla.ops.retention import chunk_retention
+    from fla.ops.rwkv7 import chunk_rwkv7
     return SimpleNamespace(chunk_gla=chunk_gla, chunk_linear_attn=chunk_linear_attn, chunk_retention=chunk_retention,
-                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply)
+                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply,
+                           chunk_rwkv7=chunk_rwkv7)
 
 
 @lru_cache(maxsize=1)
@@ -161,3 +166,13 @@ def distinct_taylor_features(x: torch.Tensor) -> torch.Tensor:
 def based_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
     """As ``based_parallel`` through the distinct Taylor features and ``chunk_linear_attn``, O(n) work."""
     return linear_attention(distinct_taylor_features(q), distinct_taylor_features(k), v, eps)[0]
+
+
+def rwkv7(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+          decay_bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RWKV-7's generalised delta rule ``S_t = (diag(exp w_t) + b_t a_t^T) S_{t-1} + k_t^T v_t``, ``o_t = r_t S_t``:
+    ``r, w`` (log decays in ``[-decay_bound, 0)``), ``k, a, b (b, n, h, dk)``, ``v (b, n, h, dv)`` -> ``o (b, n, h, dv)``
+    and the final state ``(b, h, dk, dv)`` in ``v``'s dtype."""
+    o, state = fla_ops().chunk_rwkv7(r=r, w=w, k=k, v=v, a=a, b=b, scale=1.0, output_final_state=True,
+                                     safe_gate=True, lower_bound=-decay_bound, chunk_size=64)
+    return o, state.to(v.dtype)

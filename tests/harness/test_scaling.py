@@ -23,6 +23,8 @@ VARIANTS = {
     "gltm-square": {"mixer": "gltm", "pattern": "square"},  # declared from the class without building it
     "linear_attention": {"mixer": "linear_attention"},
     "gla": {"mixer": "gla"},
+    "hgrn2": {"mixer": "hgrn2", "expand_ratio": 8},
+    "rwkv7": {"mixer": "rwkv7", "head_dim": 8},
     "based": {"mixer": "based"},
     "sliding_window_attention": {"mixer": "sliding_window_attention"},
 }
