@@ -32,6 +32,10 @@ MIXER_CASES = {
     "gla-recurrent": {"heads": 2, "impl": "recurrent"},
     "based": {"heads": 2, "feature_dim": 4, "window": 8, "chunk_size": 8},
     "based-linear": {"heads": 2, "feature_dim": 4, "window": 0, "chunk_size": 8},
+    "deltanet": {"heads": 2, "chunk_size": 8},
+    "deltanet-recurrent": {"heads": 2, "impl": "recurrent"},
+    "gated_deltanet": {"heads": 2, "chunk_size": 8},
+    "gated_deltanet-recurrent": {"heads": 2, "impl": "recurrent"},
     "sliding_window_attention": {"heads": 2, "window": 8},
     "sliding_window_attention-dense": {"heads": 2, "window": 8, "impl": "dense"},
 }

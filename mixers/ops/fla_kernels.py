@@ -1,5 +1,5 @@
 """flash-linear-attention (fla-org/flash-linear-attention, fla 0.6.0) Triton kernels behind the
-``impl=fla*`` paths of the gla, linear_attention and based mixers.
+``impl=fla*`` paths of the gla, linear_attention, based, deltanet and gated_deltanet mixers.
 
 fla is optional: it is imported on first use, never at import time (importing it pulls in its
 layers and transformers), and ``fla_unavailable()`` says why it cannot run here (not installed, or
@@ -24,6 +24,10 @@ denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
   their products give the same kernel value) through ``chunk_linear_attn``, fla's ``chunk`` mode of
   ``BasedLinearAttention``; one zero feature is appended when the count is odd (fla's 16-bit
   backward needs an even key width; a zero feature adds nothing).
+- ``delta_rule``: ``chunk_delta_rule`` (16-bit inputs; it refuses float32) or ``chunk_gated_delta_rule``
+  (with log decays; and float32 inputs without decays, with decays of zero: the same recurrence), with
+  ``scale=1`` and the kernels' own q, k normalisation off (q, k come normalised and scaled, beta after
+  its sigmoid, the log decays formed, as the PyTorch path of ``mixers/ops/delta_rule.py`` takes them).
 """
 from __future__ import annotations
 
@@ -39,10 +43,13 @@ def fla_ops() -> SimpleNamespace:
     """fla's entry points used here, imported once (an ``ImportError`` where fla is absent)."""
     from fla.ops.based.fused_chunk import FusedChunkBasedFunction
     from fla.ops.based.parallel import ParallelBasedFunction
+    from fla.ops.delta_rule import chunk_delta_rule
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     from fla.ops.gla import chunk_gla
     from fla.ops.linear_attn import chunk_linear_attn
     return SimpleNamespace(chunk_gla=chunk_gla, chunk_linear_attn=chunk_linear_attn,
-                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply)
+                           parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply,
+                           chunk_delta_rule=chunk_delta_rule, chunk_gated_delta_rule=chunk_gated_delta_rule)
 
 
 @lru_cache(maxsize=1)
@@ -151,3 +158,19 @@ def distinct_taylor_features(x: torch.Tensor) -> torch.Tensor:
 def based_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
     """As ``based_parallel`` through the distinct Taylor features and ``chunk_linear_attn``, O(n) work."""
     return linear_attention(distinct_taylor_features(q), distinct_taylor_features(k), v, eps)[0]
+
+
+def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+               g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (gated) delta rule: ``q`` (normalised, scaled), ``k`` (normalised) ``(b, n, h, dk)``, ``v (b, n, h, dv)``,
+    ``beta`` and log decays ``g <= 0`` (None: none) ``(b, n, h)`` -> ``o (b, n, h, dv)`` and the final state
+    ``(b, h, dk, dv)`` in ``v``'s dtype."""
+    ops = fla_ops()
+    if g is None and q.dtype in (torch.float16, torch.bfloat16):
+        o, state = ops.chunk_delta_rule(q, k, v, beta, scale=1.0, output_final_state=True,
+                                        use_qk_l2norm_in_kernel=False)
+    else:
+        g = torch.zeros_like(beta, dtype=torch.float32) if g is None else g
+        o, state = ops.chunk_gated_delta_rule(q, k, v, g, beta, scale=1.0, output_final_state=True,
+                                              use_qk_l2norm_in_kernel=False)
+    return o.to(v.dtype), state.to(v.dtype)
