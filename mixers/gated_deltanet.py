@@ -75,8 +75,10 @@ class GatedDeltaNet(DeltaNet):
         self.dt_bias._no_weight_decay = True
 
     def _log_decay(self, x: torch.Tensor) -> torch.Tensor:
-        """``log alpha = -exp(A_log) softplus(x W_a + dt_bias)``, ``(..., heads)``, in float32 (as fla's gate)."""
-        return -torch.exp(self.A_log.float()) * TF.softplus(self.a_proj(x).float() + self.dt_bias.float())
+        """``log alpha = -exp(A_log) softplus(x W_a + dt_bias)``, ``(..., heads)``, in float32 for 16-bit inputs
+        (as fla's gate), else in the inputs' precision."""
+        ct = torch.promote_types(x.dtype, torch.float32)
+        return -torch.exp(self.A_log.to(ct)) * TF.softplus(self.a_proj(x).to(ct) + self.dt_bias.to(ct))
 
     def _decay_flop_terms(self, length: int) -> dict[str, float]:
         """The decay's projection, then bias, softplus (4), exp-scale and sign per head and token."""
