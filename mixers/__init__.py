@@ -95,7 +95,8 @@ def build(name: str, d_model: int, max_len: int, **options) -> Mixer:
 
 # Registration happens on import; keep this list in alphabetical order.
 from mixers import (  # noqa: E402,F401
-    attention, based, gla, gltm, h3, hgrn2, hyena, linear_attention, mamba, mamba1, mamba2, retnet, rwkv7, sliding_window_attention, tmm, tmm_flat, tnn,
+    attention, based, deltanet, gated_deltanet, gla, gltm, h3, hgrn2, hyena, linear_attention, mamba, mamba1, mamba2, retnet, rwkv7,
+    sliding_window_attention, tmm, tmm_flat, tnn,
 )
 
 __all__ = ["Mixer", "register", "build", "available", "mixer_class", "options_of", "UnknownMixerError"]

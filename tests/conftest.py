@@ -41,6 +41,10 @@ MIXER_CASES = {
     "retnet-recurrent": {"heads": 2, "impl": "recurrent"},
     "rwkv7": {"head_dim": 8, "chunk_size": 8, "zero_output_init": False},  # fla zeroes o_proj: no output to test
     "rwkv7-recurrent": {"head_dim": 8, "impl": "recurrent", "zero_output_init": False},
+    "deltanet": {"heads": 2, "chunk_size": 8},
+    "deltanet-recurrent": {"heads": 2, "impl": "recurrent"},
+    "gated_deltanet": {"heads": 2, "chunk_size": 8},
+    "gated_deltanet-recurrent": {"heads": 2, "impl": "recurrent"},
     "sliding_window_attention": {"heads": 2, "window": 8},
     "sliding_window_attention-dense": {"heads": 2, "window": 8, "impl": "dense"},
 }

@@ -1,5 +1,5 @@
 """flash-linear-attention (fla-org/flash-linear-attention, fla 0.6.0) Triton kernels behind the
-``impl=fla*`` paths of the gla, hgrn2, linear_attention, based, retnet and rwkv7 mixers.
+``impl=fla*`` paths of the gla, hgrn2, linear_attention, based, retnet, rwkv7, deltanet and gated_deltanet mixers.
 
 fla is optional: it is imported on first use, never at import time (importing it pulls in its
 layers and transformers), and ``fla_unavailable()`` says why it cannot run here (not installed, or
@@ -29,6 +29,10 @@ denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
 - ``rwkv7``: ``chunk_rwkv7`` (fla's ``chunk_dplr_delta_rule``) with ``scale=1``, ``a = -kappa``,
   ``b = kappa * a_gate``, the natural-log decay ``w``, and the decay's lower bound ``-e^-0.5``
   (``safe_gate``, ``lower_bound``, 64-token chunks, as fla's ``RWKV7Attention`` calls it).
+- ``delta_rule``: ``chunk_delta_rule`` (16-bit inputs; it refuses float32) or ``chunk_gated_delta_rule``
+  (with log decays; and float32 inputs without decays, with decays of zero: the same recurrence), with
+  ``scale=1`` and the kernels' own q, k normalisation off (q, k come normalised and scaled, beta after
+  its sigmoid, the log decays formed, as the PyTorch path of ``mixers/ops/delta_rule.py`` takes them).
 """
 from __future__ import annotations
 
@@ -44,13 +48,16 @@ def fla_ops() -> SimpleNamespace:
     """fla's entry points used here, imported once (an ``ImportError`` where fla is absent)."""
     from fla.ops.based.fused_chunk import FusedChunkBasedFunction
     from fla.ops.based.parallel import ParallelBasedFunction
+    from fla.ops.delta_rule import chunk_delta_rule
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     from fla.ops.gla import chunk_gla
     from fla.ops.linear_attn import chunk_linear_attn
     from fla.ops.retention import chunk_retention
     from fla.ops.rwkv7 import chunk_rwkv7
     return SimpleNamespace(chunk_gla=chunk_gla, chunk_linear_attn=chunk_linear_attn, chunk_retention=chunk_retention,
                            parallel_based=ParallelBasedFunction.apply, fused_chunk_based=FusedChunkBasedFunction.apply,
-                           chunk_rwkv7=chunk_rwkv7)
+                           chunk_rwkv7=chunk_rwkv7, chunk_delta_rule=chunk_delta_rule,
+                           chunk_gated_delta_rule=chunk_gated_delta_rule)
 
 
 @lru_cache(maxsize=1)
@@ -176,3 +183,19 @@ def rwkv7(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a:
     o, state = fla_ops().chunk_rwkv7(r=r, w=w, k=k, v=v, a=a, b=b, scale=1.0, output_final_state=True,
                                      safe_gate=True, lower_bound=-decay_bound, chunk_size=64)
     return o, state.to(v.dtype)
+
+
+def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+               g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (gated) delta rule: ``q`` (normalised, scaled), ``k`` (normalised) ``(b, n, h, dk)``, ``v (b, n, h, dv)``,
+    ``beta`` and log decays ``g <= 0`` (None: none) ``(b, n, h)`` -> ``o (b, n, h, dv)`` and the final state
+    ``(b, h, dk, dv)`` in ``v``'s dtype."""
+    ops = fla_ops()
+    if g is None and q.dtype in (torch.float16, torch.bfloat16):
+        o, state = ops.chunk_delta_rule(q, k, v, beta, scale=1.0, output_final_state=True,
+                                        use_qk_l2norm_in_kernel=False)
+    else:
+        g = torch.zeros_like(beta, dtype=torch.float32) if g is None else g
+        o, state = ops.chunk_gated_delta_rule(q, k, v, g, beta, scale=1.0, output_final_state=True,
+                                              use_qk_l2norm_in_kernel=False)
+    return o.to(v.dtype), state.to(v.dtype)
