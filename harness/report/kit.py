@@ -14,6 +14,7 @@ import copy
 import functools
 import math
 import re
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -245,16 +246,21 @@ def mixer_order() -> list[str]:
 def mixer_style(name: str) -> dict[str, object]:
     """The colour, marker and line style of mixer ``name`` in every figure: the i-th mixer of the
     registry gets colour i mod 7, marker i mod 14 and line style i div 7, so that no two registered
-    mixers share all three; a name the registry does not know follows them, in its sorted place."""
+    mixers share all three; a name the registry does not know gets one of the 28 - n styles past the
+    registry's n (by a checksum of the name: the same in every figure, never a registered mixer's)."""
     order = mixer_order()
-    i = order.index(name) if name in order else len(order) + sorted({name, *order}).index(name)
+    cycle = len(MARKERS) * len(LINESTYLES) // 2  # 28 distinct (colour, marker, line style) triples
+    i = order.index(name) if name in order else len(order) + zlib.crc32(name.encode()) % (cycle - len(order))
     return {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)],
             "linestyle": LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)]}
 
 
 def mixer_of(label: str) -> str:
-    """The mixer a legend label names: ``attention, position=nope`` -> ``attention``."""
-    return label.partition(",")[0].partition(" (")[0].strip()
+    """The mixer a legend label names: ``attention, position=nope`` -> ``attention``; a variant
+    ``tmm-fft`` (the scaling benchmark's) -> ``tmm``."""
+    name = label.partition(",")[0].partition(" (")[0].strip()
+    prefix = name.partition("-")[0]
+    return prefix if name not in mixer_order() and prefix in mixer_order() else name
 
 
 def series_styles(labels: list[str]) -> dict[str, dict[str, object]]:
@@ -312,14 +318,15 @@ def plot_series(ax, xs: list[float], per_seed: list[list[float]], style: dict, l
 def tidy_log_axis(ax, which: str = "x") -> None:
     """Readable ticks on a log axis: labels on the decades only (none on minor ticks, which overlap
     when the axis spans less than a few decades); over less than two decades also at 2 and 5 times
-    a decade, as ``2e11``."""
+    a decade (below one decade at 2, 3, 4, 5 and 7 times), as ``2e11``."""
     axis = ax.xaxis if which == "x" else ax.yaxis
     lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
     if lo <= 0 or hi <= lo:
         return
     axis.set_minor_formatter(NullFormatter())
     if math.log10(hi / lo) < 2:
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) >= 1 else (1.0, 2.0, 3.0, 4.0, 5.0, 7.0)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
         axis.set_major_formatter(FuncFormatter(_short_number))
     else:
         axis.set_major_locator(LogLocator(base=10))
@@ -475,11 +482,11 @@ def numeric(values: list) -> bool:
 
 def estimated_width_pt(columns: list[str], names: dict[str, str], cells: dict[str, list[str]]) -> float:
     """A rough width of the table in points in a 10 pt body font: per column its longest cell or
-    header (5 pt per visible character) plus the column separation (12 pt)."""
+    header (5.3 pt per visible character: digits are 5 pt, capitals wider) plus the column separation (12 pt)."""
     def visible(text: str) -> int:
         text = text.replace(r"$\pm$", "+-").replace(r"\,", " ").replace(r"\sqrt", "v").replace(r"\log", "log")
         return len(re.sub(r"\\[a-z]+\{\}|[\\${}]", "", text))
-    return sum(5.0 * max([visible(latex_text(names[c]))] + [visible(v) for v in cells[c]]) + 12 for c in columns)
+    return sum(5.3 * max([visible(latex_text(names[c]))] + [visible(v) for v in cells[c]]) + 12 for c in columns)
 
 
 def _in_distribution_metrics(records: list[dict]) -> list[str]:

@@ -55,9 +55,8 @@ def plot_scaling(result: dict, out_dir: Path) -> list[Path]:
     styles = series_styles(list(result["variants"]))
     paths = []
     for key, scale, ylabel, stem, slope_key in (
-        ("median_s", 1e3, "fwd + bwd time per batch (ms)", "time_vs_length", "time"),
-        (mem_key, 2**-20, "activation memory per batch (MB)" + (", allocator peak" if gpu else ", saved"),
-         "memory_vs_length", "peak_memory" if gpu else "saved_memory"),
+        ("median_s", 1e3, "fwd + bwd time (ms)", "time_vs_length", "time"),
+        (mem_key, 2**-20, "activation memory (MB)", "memory_vs_length", "peak_memory" if gpu else "saved_memory"),
     ):
         fig, axes = new_figure(stem)
         ax = axes[0][0]
@@ -80,8 +79,9 @@ def plot_scaling(result: dict, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         tidy_log_axis(ax, "y")
         fig.tight_layout()
-        legend_below(fig, title=f"{s['tokens_per_batch']:,} tokens per batch; slope per sequence; x: out of memory",
-                     columns=2)
+        what = "" if key == "median_s" else ("allocator peak, " if gpu else "saved for backward, ")
+        legend_below(fig, title=f"per batch of {s['tokens_per_batch']:,} tokens ({what}log-log slope per\n"
+                                "sequence in brackets); x: out of memory", columns=2)
         paths += save_figure(fig, out_dir, stem)
     return paths
 

@@ -32,7 +32,11 @@ def test_a_mixer_keeps_its_style_whatever_else_the_figure_holds():
     assert small["tmm"] == large["tmm"]
     assert large["attention, position=nope"]["color"] == large["attention, position=rope"]["color"] == small["attention"]["color"]
     assert large["attention, position=nope"]["linestyle"] != large["attention, position=rope"]["linestyle"]
-    assert kit.mixer_style("not_registered") not in [kit.mixer_style(m) for m in kit.mixer_order()]
+    registered = [kit.mixer_style(m) for m in kit.mixer_order()]
+    assert all(kit.mixer_style(f"plugin_{i}") not in registered for i in range(50))
+    variants = kit.series_styles(["tmm", "tmm-fft", "tmm-dense"])  # the scaling benchmark's variants of one mixer
+    assert {v["color"] for v in variants.values()} == {kit.mixer_style("tmm")["color"]}
+    assert len({repr(v["linestyle"]) for v in variants.values()}) == 3
 
 
 def test_labels_name_only_the_options_that_differ_within_the_figure():
