@@ -26,7 +26,7 @@ from harness.report.kit import (aligned_curves, flops_to_reach, group_key, hardw
                                 status_note, tidy_log_axis, time_to_reach, varying_keys, write_table)
 
 THRESHOLDS = (0.9, 0.99)
-TRAINING_RANGE = "#F6F0B0"  # pale yellow (Okabe-Ito's yellow, lightened): unlike the grey seed bands
+TRAINING_RANGE = "#FAF5CF"  # pale yellow (Okabe-Ito's yellow, lightened): unlike the grey seed bands
 HEADLINE = "exact_match"  # string-level exact match: the metric of the tables' first columns and of FLOPs to X%
 METRICS = ((HEADLINE, "exact"), ("accuracy", "acc"))  # (metric, column prefix), headline first
 

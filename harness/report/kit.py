@@ -353,7 +353,9 @@ def legend_below(fig: plt.Figure, title: str | None = SPREAD, columns: int | Non
     if not entries:
         return
     width = fig.get_size_inches()[0]
-    columns = columns or max(1, min(len(entries), int(width // 1.6)))
+    pt = settings()["figure"]["font_pt"] - 1  # the legend's font
+    entry_in = 0.55 * pt / 72 * max(len(name) for name in entries) + 0.6  # text (about 0.55 em a character), handle, gap
+    columns = columns or max(1, min(len(entries), int(width // entry_in)))  # never wider than the figure
     fig.legend(list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=columns, title=title, frameon=False, handlelength=2.6, columnspacing=1.2)
 
@@ -372,7 +374,7 @@ def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
 
 def sort_key(value: object) -> tuple:
     """A key that sorts numbers as numbers and text as text, element-wise in tuples: d_model 32, 64,
-    128 (not 128, 32, 64); None first."""
+    128 (not 128, 32, 64); numbers inside text too (``L8`` before ``L16``); None first."""
     if isinstance(value, (tuple, list)):
         return tuple(sort_key(v) for v in value)
     if value is None:
@@ -381,7 +383,8 @@ def sort_key(value: object) -> tuple:
         return (1, int(value), "")
     if isinstance(value, (int, float)):
         return (1, float(value), "")
-    return (2, 0, str(value))
+    parts = re.split(r"(\d+)", str(value))  # text with numbers in it sorts by them: d_model=64 before d_model=128
+    return (2, 0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def plot_scaling(result: dict, out_dir: Path) -> list[Path]:
         fig.tight_layout()
         what = "" if key == "median_s" else ("allocator peak, " if gpu else "saved for backward, ")
         legend_below(fig, title=f"per batch of {s['tokens_per_batch']:,} tokens ({what}log-log slope per\n"
-                                "sequence in brackets); x: out of memory", columns=2)
+                                "sequence in brackets); x: out of memory")
         paths += save_figure(fig, out_dir, stem)
     return paths
 
