@@ -455,9 +455,9 @@ def chosen_columns(columns: list[str], spec: dict | None) -> tuple[list[str], di
 
 
 def latex_table(df: pd.DataFrame, spec: dict | None = None) -> str:
-    """``df`` as a booktabs ``tabular`` that compiles: the columns ``spec`` chooses (see
-    ``chosen_columns``) without those that are empty in every row, numbers right-aligned, text
-    escaped, missing cells as an em dash. A table estimated wider than ``latex.text_width_pt`` is
+    """``df`` as a booktabs ``tabular`` at ``\\small`` with 4 pt column separation, that compiles:
+    the columns ``spec`` chooses (see ``chosen_columns``) without those that are empty in every row,
+    numbers right-aligned, text escaped, missing cells as an em dash. A table estimated wider than ``latex.text_width_pt`` is
     wrapped in ``\\resizebox{\\textwidth}`` (needs graphicx), with a comment saying so and why."""
     columns, names = chosen_columns([str(c) for c in df.columns], spec)
     cells = {c: [latex_text(v) for v in df[c].tolist()] for c in columns} if len(df) else {c: [] for c in columns}
@@ -465,13 +465,13 @@ def latex_table(df: pd.DataFrame, spec: dict | None = None) -> str:
     aligns = "".join("r" if numeric(df[c].tolist()) else "l" for c in columns)
     lines = [" & ".join(latex_text(names[c]) for c in columns) + r" \\"]
     lines += [" & ".join(cells[c][i] for c in columns) + r" \\" for i in range(len(df))]
-    body = "\n".join([rf"\begin{{tabular}}{{{aligns or 'l'}}}", r"\toprule", lines[0], r"\midrule", *lines[1:],
-                      r"\bottomrule", r"\end{tabular}"])
+    body = "\n".join([r"{\small\setlength{\tabcolsep}{4pt}%", rf"\begin{{tabular}}{{{aligns or 'l'}}}", r"\toprule",
+                      lines[0], r"\midrule", *lines[1:], r"\bottomrule", r"\end{tabular}}"])
     width = estimated_width_pt(columns, names, cells)
     limit = settings()["latex"]["text_width_pt"]
     if width > limit:
         return (f"% resized to \\textwidth (needs \\usepackage{{graphicx}}): {len(columns)} columns, about {width:.0f} pt "
-                f"wide in a 10 pt font, wider than {limit} pt; conf/report.yaml (latex.tables) picks fewer columns\n"
+                f"wide at \\small, wider than {limit} pt; conf/report.yaml (latex.tables) picks fewer columns\n"
                 f"\\resizebox{{\\textwidth}}{{!}}{{%\n{body}%\n}}\n")
     return body + "\n"
 
@@ -484,12 +484,13 @@ def numeric(values: list) -> bool:
 
 
 def estimated_width_pt(columns: list[str], names: dict[str, str], cells: dict[str, list[str]]) -> float:
-    """A rough width of the table in points in a 10 pt body font: per column its longest cell or
-    header (5.3 pt per visible character: digits are 5 pt, capitals wider) plus the column separation (12 pt)."""
+    """A rough width of the table in points at ``\\small`` (9 pt): per column its longest cell or
+    header (4.8 pt per visible character: digits are 4.6 pt, capitals wider) plus the column
+    separation (2 x 4 pt)."""
     def visible(text: str) -> int:
         text = text.replace(r"$\pm$", "+-").replace(r"\,", " ").replace(r"\sqrt", "v").replace(r"\log", "log")
         return len(re.sub(r"\\[a-z]+\{\}|[\\${}]", "", text))
-    return sum(5.3 * max([visible(latex_text(names[c]))] + [visible(v) for v in cells[c]]) + 12 for c in columns)
+    return sum(4.8 * max([visible(latex_text(names[c]))] + [visible(v) for v in cells[c]]) + 8 for c in columns)
 
 
 def _in_distribution_metrics(records: list[dict]) -> list[str]:
