@@ -501,21 +501,24 @@ def _in_distribution_metrics(records: list[dict]) -> list[str]:
 
 def generic_table(records: list[dict]) -> pd.DataFrame:
     """One row per (mixer, settings that vary): parameters, how many runs finished, every final
-    metric of every evaluation set (mean ± std over seeds), speed. Works for any task."""
+    metric of every evaluation set (mean ± std over seeds; accuracies and exact match in %), speed.
+    Works for any task."""
     extra = tuple(varying_keys(records))
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[group_key(r, extra)].append(r)
     rows = []
-    for key, runs in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+    for key, runs in sorted(groups.items(), key=lambda kv: sort_key(kv[0])):
         ok = [r for r in runs if r["status"] == "ok"]
         first = (ok or runs)[0]
         row = {"mixer": key[0], **dict(zip(extra, key[2:])), "params": first.get("params", {}).get("total"),
                "seeds": ",".join(str(r["config"]["seed"]) for r in sorted(runs, key=lambda r: r["config"]["seed"])),
                "runs": status_note(runs)}
         for name, metrics in (ok[0]["final"]["eval"].items() if ok else []):
-            for metric in metrics:
-                row[f"{metric} {name}"] = mean_std([r["final"]["eval"][name][metric] for r in ok], digits=4)
+            for metric in metrics:  # fractions in %, as in every figure
+                values = [r["final"]["eval"][name][metric] for r in ok]
+                row[f"{metric} {name} (%)" if percent_scale(metric) != 1 else f"{metric} {name}"] = (
+                    percent_mean_std(values) if percent_scale(metric) != 1 else mean_std(values, digits=4))
         row["tokens/s"] = f"{mean([r['throughput']['tokens_per_s'] for r in ok]):,.0f}" if ok else "-"
         row["train time (s)"] = f"{mean([r['timing']['train_s'] for r in ok]):.0f}" if ok else "-"
         rows.append(row)
