@@ -33,7 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 import tasks
 from harness.report.kit import (REFERENCE_COLOR, flatten, hardware_label, legend_below, mean, mean_std, new_figure,
-                                plot_series, save_figure, series_labels, settings_label, series_styles, sort_key,
+                                plot_series, save_figure, series_labels, series_styles, sort_key,
                                 status_note, tidy_log_axis, varying_keys, write_table)
 from harness.run import eval_sets as frozen
 
@@ -58,10 +58,6 @@ def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
         flat = flatten(r["config"])
         out[(r["config"]["mixer"]["name"], *(flat.get(k) for k in extra))].append(r)
     return extra, dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
-
-
-def label(key: tuple, extra: list[str]) -> str:
-    return settings_label(key[0], extra, key[1:])
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

@@ -2,6 +2,14 @@
 tables in Markdown, CSV and LaTeX, figures in PNG and PDF, colours, labels), and the report any
 task gets (``generic_report``: a table of every final metric and the learning curves).
 
+Print conventions, one home each: ``conf/report.yaml`` (figure widths per figure, single column
+3.25 in or double 6.75 in; font size; the LaTeX tables' columns and display names);
+``mixer_style`` (one colour, marker and line style per registered mixer, from the registry's
+order, the same in every figure); ``SPREAD`` (what the shaded bands show: min-max over seeds);
+``PERCENT_METRICS`` (fractions shown in % in figures and tables); ``latex_table`` (booktabs,
+escaped, missing cells as an em dash, scaled to ``\textwidth`` only with a comment saying why).
+PDFs embed TrueType fonts and carry no dates, so an unchanged report rewrites identical bytes.
+
 A report module for a benchmark family lives beside this one (``copy``, ``recall``, ``icl``,
 ``lm``), names the tasks it reports in ``TASKS`` and defines
 ``report(records, benchmark, profile, out_dir) -> list[Path]``; ``harness.report.cli`` finds it.

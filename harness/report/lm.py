@@ -40,10 +40,6 @@ def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
     return extra, dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
 
 
-def label(key: tuple, extra: list[str]) -> str:
-    return key[1] + "".join(f", {k.split('.')[-1]}={v}" for k, v in zip(extra, key[2:]))
-
-
 def table(records: list[dict]) -> pd.DataFrame:
     extra, by_key = groups(records)
     rows = []

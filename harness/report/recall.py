@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness.report.kit import (REFERENCE_COLOR, SPREAD, flatten, hardware_label, legend_below, new_figure,
