@@ -21,10 +21,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.report.kit import (flops_to_reach, group_key, hardware_label, mixer_colors, percent_mean_std,
-                                save_figure, settings_label, status_note, time_to_reach, varying_keys, write_table)
+from harness.report.kit import (aligned_curves, flops_to_reach, group_key, hardware_label, legend_below, new_figure,
+                                percent_mean_std, plot_series, save_figure, series_labels, series_styles, sort_key,
+                                status_note, tidy_log_axis, time_to_reach, varying_keys, write_table)
 
 THRESHOLDS = (0.9, 0.99)
+TRAINING_RANGE = "#FAF5CF"  # pale yellow (Okabe-Ito's yellow, lightened): unlike the grey seed bands
 HEADLINE = "exact_match"  # string-level exact match: the metric of the tables' first columns and of FLOPs to X%
 METRICS = ((HEADLINE, "exact"), ("accuracy", "acc"))  # (metric, column prefix), headline first
 
@@ -46,7 +48,7 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
     for r in records:
         groups[group_key(r, extra)].append(r)
     rows = []
-    for key, runs in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+    for key, runs in sorted(groups.items(), key=lambda kv: sort_key(kv[0])):
         mixer, protocol = key[0], key[1]
         ok = [r for r in runs if r["status"] == "ok"]
         first = (ok or runs)[0]
@@ -71,100 +73,92 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def label(record: dict, extra: tuple[str, ...]) -> str:
-    """Legend label: the mixer, plus the other settings that vary in this benchmark."""
-    key = group_key(record, extra)
-    return settings_label(key[0], extra, key[2:])
-
-
-def _protocol_panels(records: list[dict], rows: int = 1) -> tuple[plt.Figure, list[tuple[plt.Axes, str, list[dict]]],
-                                                                tuple[str, ...], dict[str, str]]:
-    """A figure with one column of panels per protocol of the finished runs (``rows`` panels in
-    each): ``(figure, [(axes, protocol, its finished runs)] row by row, the settings that vary, a
-    colour per legend label)``."""
-    ok = [r for r in records if r["status"] == "ok"]
-    protocols = sorted({group_key(r)[1] for r in ok})
+def _series(records: list[dict]) -> tuple[tuple[str, ...], dict[tuple, list[dict]], dict[tuple, str], dict[str, dict]]:
+    """The finished runs by series ``(protocol, mixer, settings that vary)`` over seeds, with each
+    series' legend label (the mixer and only the options that differ between its series) and style."""
     extra = tuple(varying_keys(records))
-    colors = mixer_colors(list({label(r, extra) for r in ok}))
-    columns = max(1, len(protocols))
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
-    panels = [(axes[row][i], protocol, [r for r in ok if group_key(r)[1] == protocol])
-              for row in range(rows) for i, protocol in enumerate(protocols)]
-    return fig, panels, extra, colors
+    by_series: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["status"] == "ok":
+            key = group_key(r, extra)
+            by_series[(key[1], key[0], *key[2:])].append(r)
+    labels = series_labels(sorted({s[1:] for s in by_series}, key=sort_key), extra)
+    styles = series_styles(list(labels.values()))
+    return extra, dict(sorted(by_series.items(), key=lambda kv: sort_key(kv[0]))), \
+        {s: labels[s[1:]] for s in by_series}, styles
+
+
+def _protocol_panels(records: list[dict], stem: str, rows: int = 1) -> tuple[plt.Figure, list[tuple[plt.Axes, str]]]:
+    """A figure at the print width of ``stem`` with one column of panels per protocol of the
+    finished runs (``rows`` panels in each): ``(figure, [(axes, protocol)] row by row)``."""
+    protocols = sorted({group_key(r)[1] for r in records if r["status"] == "ok"})
+    fig, axes = new_figure(stem, rows, max(1, len(protocols)), sharex="row" if rows > 1 else False)
+    return fig, [(axes[row][i], protocol) for row in range(rows) for i, protocol in enumerate(protocols)]
 
 
 def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """Exact match (top row, the headline) and token accuracy (bottom row) against evaluation
-    length, one column per protocol, training range shaded; the mean over seeds and every seed thin."""
-    metrics = [(m, name) for m, name in ((HEADLINE, "exact match (whole string)"), ("accuracy", "token accuracy"))
+    """Exact match (top row, the headline) and token accuracy (bottom row), in %, against evaluation
+    length, one column per protocol, training range shaded; the mean over seeds, their spread as a band."""
+    metrics = [(m, name) for m, name in ((HEADLINE, "exact match (%)"), ("accuracy", "token accuracy (%)"))
                if all(m in s for r in records if r["status"] == "ok" for s in r["final"]["eval"].values())]
-    fig, panels, extra, colors = _protocol_panels(records, rows=len(metrics))
+    _, by_series, labels, styles = _series(records)
+    fig, panels = _protocol_panels(records, "accuracy_vs_length", rows=len(metrics))
     n_protocols = len(panels) // max(1, len(metrics))
-    for i, (ax, protocol, runs) in enumerate(panels):
+    for i, (ax, protocol) in enumerate(panels):
         metric, metric_name = metrics[i // max(1, n_protocols)]
-        lo, hi = runs[0]["task_summary"].get("train_lengths") or (None, None)
+        series = {s: runs for s, runs in by_series.items() if s[0] == protocol}
+        lo, hi = next(iter(series.values()))[0]["task_summary"].get("train_lengths") or (None, None)
         if lo is not None and lo == hi:  # a single training length: mark it
-            ax.axvline(lo, color="0.75", linewidth=6, alpha=0.6, label="training length")
+            ax.axvline(lo, color=TRAINING_RANGE, linewidth=5, label="training length", zorder=0)
         elif lo is not None:
-            ax.axvspan(lo, hi, color="0.9", label="training lengths")
-        by_mixer: dict[str, list[dict]] = defaultdict(list)
-        for r in runs:
-            by_mixer[label(r, extra)].append(r)
+            ax.axvspan(lo, hi, color=TRAINING_RANGE, label="training lengths", zorder=0)
         all_lengths: set[int] = set()
-        for mixer, group in sorted(by_mixer.items()):
-            names = list(group[0]["final"]["eval"])
+        for s, runs in series.items():
+            names = list(runs[0]["final"]["eval"])
             lengths = [int(n.removeprefix("L")) for n in names]
-            values = [[r["final"]["eval"][n][metric] for r in group] for n in names]
-            mean = [sum(a) / len(a) for a in values]
-            color = colors[mixer]
-            seeds = f"mean of {len(group)} seeds" if len(group) > 1 else "1 seed"
-            ax.plot(lengths, mean, marker="o", color=color, label=f"{mixer} ({seeds})")
-            for j in range(len(group)):  # every seed, thin: a bimodal outcome stays visible
-                ax.plot(lengths, [a[j] for a in values], color=color, linewidth=0.8, alpha=0.5, linestyle="--")
+            per_seed = [[r["final"]["eval"][n][metric] for n in names] for r in runs]
+            plot_series(ax, lengths, per_seed, styles[labels[s]], labels[s], scale=100)
             all_lengths.update(lengths)
+        ax.set_xscale("log", base=2)
         if all_lengths:
             ax.set_xlim(min(all_lengths) / 1.3, max(all_lengths) * 1.3)
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("string length L")
-        ax.set_ylabel(f"{metric_name} on the copy")
-        ax.set_title(f"{protocol} protocol: {metric_name}", fontsize=9)
+            ax.set_xticks(sorted(all_lengths), [str(n) for n in sorted(all_lengths)])
+            ax.minorticks_off()
+        ax.set_ylim(-3, 103)
+        if i // max(1, n_protocols) == len(metrics) - 1:
+            ax.set_xlabel("string length L")
+        if i % n_protocols == 0:
+            ax.set_ylabel(metric_name)
+        ax.set_title(f"{protocol} protocol" if i < n_protocols else "")
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title)
     fig.tight_layout()
-    legend_outside(fig)
+    legend_below(fig)
     return save_figure(fig, out_dir, "accuracy_vs_length")
 
 
-def legend_outside(fig: plt.Figure) -> None:
-    """One legend for every panel, right of the figure (each label once), so that no curve hides."""
-    entries: dict[str, object] = {}
-    for ax in fig.axes:
-        for handle, name in zip(*ax.get_legend_handles_labels()):
-            entries.setdefault(name, handle)
-    fig.legend(list(entries.values()), list(entries), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-
-
 def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """In-distribution evaluation loss against cumulative training FLOPs, one line per run."""
-    fig, panels, extra, colors = _protocol_panels(records)
-    for ax, protocol, runs in panels:
-        labelled = set()
-        for r in sorted(runs, key=lambda r: label(r, extra)):
-            mixer = label(r, extra)
-            xs = [p["train_flops"] for p in r["curve"]]
-            ys = [p["loss_in"] for p in r["curve"]]
-            ax.plot(xs, ys, color=colors[mixer], alpha=0.85, label=None if mixer in labelled else mixer)
-            labelled.add(mixer)
+    """In-distribution evaluation loss against cumulative training FLOPs: the mean over seeds, their
+    spread as a band, a panel per protocol."""
+    _, by_series, labels, styles = _series(records)
+    fig, panels = _protocol_panels(records, "loss_vs_flops")
+    for i, (ax, protocol) in enumerate(panels):
+        for s, runs in by_series.items():
+            if s[0] == protocol:
+                xs, per_seed = aligned_curves(runs, "train_flops", "loss_in")
+                plot_series(ax, xs, per_seed, styles[labels[s]], labels[s])
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("training FLOPs (analytic, forward + backward)")
-        ax.set_ylabel("eval loss, in-distribution lengths")
+        ax.set_xlabel("training FLOPs (analytic, fwd + bwd)")
+        if i == 0:
+            ax.set_ylabel("eval loss, in-distribution")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(title, fontsize=9)
+        tidy_log_axis(ax, "x")
+        tidy_log_axis(ax, "y")
+    fig.suptitle(title)
     fig.tight_layout()
-    legend_outside(fig)
+    legend_below(fig)
     return save_figure(fig, out_dir, "loss_vs_flops")
 
 
@@ -179,7 +173,7 @@ def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOL
         if r["status"] == "ok":
             groups[group_key(r, extra)].append(r)
     rows = []
-    for key, runs in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+    for key, runs in sorted(groups.items(), key=lambda kv: sort_key(kv[0])):
         row = {"mixer": key[0], "protocol": key[1], **dict(zip(extra, key[2:]))}
         targets = [(f"exact match >= {t:.0%}", f"{HEADLINE}_in", t, False) for t in accuracy]
         targets += [(f"token accuracy >= {t:.0%}", "accuracy_in", t, False) for t in accuracy]
@@ -197,26 +191,30 @@ def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOL
 
 def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
     """Final in-distribution evaluation loss against peak training memory, one point per run."""
-    fig, panels, extra, colors = _protocol_panels(records)
+    _, by_series, labels, styles = _series(records)
+    fig, panels = _protocol_panels(records, "loss_vs_memory")
     ok = [r for r in records if r["status"] == "ok"]
     gpu = ok and ok[0]["environment"].get("device") == "cuda"
-    for ax, protocol, runs in panels:
-        labelled = set()
-        for r in sorted(runs, key=lambda r: label(r, extra)):
-            name = label(r, extra)
-            mem = r["memory"].get("activation_peak_bytes" if gpu else "peak_bytes", 0) / 2**20
-            ax.scatter([mem], [max(r["final"]["loss_in"], 1e-6)], color=colors[name], label=None if name in labelled else name)
-            labelled.add(name)
+    for i, (ax, protocol) in enumerate(panels):
+        for s, runs in by_series.items():
+            if s[0] != protocol:
+                continue
+            style = styles[labels[s]]
+            mem = [r["memory"].get("activation_peak_bytes" if gpu else "peak_bytes", 0) / 2**20 for r in runs]
+            ax.scatter(mem, [max(r["final"]["loss_in"], 1e-6) for r in runs], color=style["color"],
+                       marker=style["marker"], facecolors=style["markerfacecolor"], s=18, label=labels[s])
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("peak training memory (MB, " + ("activations above weights, grads, optimizer" if gpu
-                                                       else "process RSS") + ")")
-        ax.set_ylabel("final eval loss, in-distribution")
+        ax.set_xlabel("peak training memory (MB, " + ("activations" if gpu else "process RSS") + ")")
+        if i == 0:
+            ax.set_ylabel("final eval loss, in-distribution")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(title, fontsize=9)
+        tidy_log_axis(ax, "x")
+        tidy_log_axis(ax, "y")
+    fig.suptitle(title)
     fig.tight_layout()
-    legend_outside(fig)
+    legend_below(fig, title="one point per run (seed)")
     return save_figure(fig, out_dir, "loss_vs_memory")
 
 
@@ -236,7 +234,7 @@ def memory_bound_table(records: list[dict]) -> pd.DataFrame | None:
     strings = runs[0]["task_summary"].get("string_bits", {})
     names = sorted({n for r in runs for n in r["state_bits"]}, key=lambda n: int(n.removeprefix("L")))
     rows = []
-    for key, r in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+    for key, r in sorted(groups.items(), key=lambda kv: sort_key(kv[0])):
         row = {"mixer": key[0], "protocol": key[1], **dict(zip(extra, key[2:]))}
         short = [n for n in names if n in strings and r["state_bits"].get(n) is not None
                  and r["state_bits"][n] < strings[n]]
@@ -294,9 +292,10 @@ def report(records: list[dict], benchmark: str, profile: str, out_dir: Path) -> 
     and plots (exact match and token accuracy against length, loss against FLOPs and against
     memory) of copy-style runs."""
     header = f"# {benchmark} ({profile} profile)\n\n{describe(records)}"
-    written = write_table(summary_table(records), out_dir, "table", header)
+    written = write_table(summary_table(records), out_dir, "table", header, latex="copy.table")
     written += write_table(thresholds_table(records), out_dir, "thresholds",
-                           f"# {benchmark}: training FLOPs and seconds to reach a threshold\n\n{describe(records)}")
+                           f"# {benchmark}: training FLOPs and seconds to reach a threshold\n\n{describe(records)}",
+                           latex="copy.thresholds")
     bound = memory_bound_table(records)
     if bound is not None:
         written += write_table(bound, out_dir, "memory_bound", (
@@ -304,7 +303,7 @@ def report(records: list[dict], benchmark: str, profile: str, out_dir: Path) -> 
             "Bits each model holds to decode the copy after reading `[BOS] s [SEP]` (Mixer.state_size values over "
             "all layers, 32 bits per value) beside the bits of a uniformly random string, L log2(alphabet). Where "
             "the state holds fewer bits than the string, no model of that state size copies every string of that "
-            "length; where it holds more, the bound says nothing."))
+            "length; where it holds more, the bound says nothing."), latex="copy.memory_bound")
     title = f"{benchmark}, {hardware_label(records[0]['environment'])}"
     if any(r["status"] == "ok" for r in records):
         written += plot_accuracy_vs_length(records, out_dir, title)

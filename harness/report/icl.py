@@ -28,14 +28,14 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 import tasks
 from harness.run.records import mixer_label
-from harness.report.kit import (flatten, hardware_label, mean, mean_std, mixer_colors, save_figure, settings_label,
-                                status_note, varying_keys, write_table)
+from harness.report.kit import (REFERENCE_COLOR, flatten, hardware_label, legend_below, mean, mean_std, new_figure,
+                                plot_series, save_figure, series_labels, series_styles, sort_key,
+                                status_note, tidy_log_axis, varying_keys, write_table)
 from harness.run import eval_sets as frozen
 
 TASKS = ("icl_regression", "icl_language")  # the tasks whose runs this module reports
@@ -58,11 +58,7 @@ def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
     for r in records:
         flat = flatten(r["config"])
         out[(mixer_label(r["config"]), *(flat.get(k) for k in extra))].append(r)
-    return extra, dict(sorted(out.items(), key=lambda kv: repr(kv[0])))
-
-
-def label(key: tuple, extra: list[str]) -> str:
-    return settings_label(key[0], extra, key[1:])
+    return extra, dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -108,34 +104,31 @@ def regression_report(records: list[dict], header: str, title: str, out_dir: Pat
                      "err/d mean over k": f"{mean(values):.3f}"})
     header += (f" Left plateau: seeds whose error at k = {n_points - 1} is below {PLATEAU} x the zero predictor's "
                f"on the same prompts.")
-    written = write_table(frame(rows), out_dir, "regression_table", header)
+    written = write_table(frame(rows), out_dir, "regression_table", header, latex="icl.regression_table")
     if not ok_all:
         return written
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colors = mixer_colors([label(key, extra) for key in by_key])
+    fig, axes = new_figure("regression_error_vs_examples")
+    ax = axes[0][0]
+    labels = series_labels(list(by_key), extra)
+    styles = series_styles(list(labels.values()))
     ks = list(range(n_points))
     for key, runs in by_key.items():
         ok = [r for r in runs if r["status"] == "ok"]
-        if not ok:
-            continue
-        curves = [curve(r, "err", n_points) for r in ok]
-        ys = [mean([c[k] for c in curves]) for k in ks]
-        ax.plot(ks, ys, marker="o", markersize=3, color=colors[label(key, extra)],
-                label=f"{label(key, extra)} ({len(ok)} seed{'s' if len(ok) > 1 else ''})")
-        if len(ok) > 1:
-            ax.fill_between(ks, [min(c[k] for c in curves) for k in ks], [max(c[k] for c in curves) for k in ks],
-                            color=colors[label(key, extra)], alpha=0.2)
+        if ok:
+            plot_series(ax, ks, [curve(r, "err", n_points) for r in ok], styles[labels[key]], labels[key])
     for prefix, name, style, marker in baselines:
-        ax.plot(ks, curve(ok_all[0], prefix, n_points), linestyle=style, marker=marker or None, markersize=3.5,
-                color="0.1" if prefix == "lsq" else "0.45", linewidth=1.2, label=name, zorder=3)
+        ax.plot(ks, curve(ok_all[0], prefix, n_points), linestyle=style, marker=marker or None, markersize=2.5,
+                markevery=max(1, n_points // 10), color="0.2" if prefix == "lsq" else REFERENCE_COLOR, linewidth=1.0,
+                label=name, zorder=3)
     ax.axvline(d, color="0.85", zorder=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("in-context examples")
     ax.set_ylabel("squared error / d")
     ax.set_ylim(0, 1.25)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
+    fig.tight_layout()
+    legend_below(fig, columns=2)
     return written + save_figure(fig, out_dir, "regression_error_vs_examples")
 
 
@@ -217,35 +210,40 @@ def language_report(records: list[dict], header: str, title: str, out_dir: Path)
                "TVD: total-variation distance to the automaton's next-symbol distribution; L1 = 2 TVD, the "
                "distance RegBench logs. n-gram rows: RegBench's in-context back-off n-gram on the same set "
                f"({sources}).")
-    written = write_table(frame(rows), out_dir, "language_table", header)
+    written = write_table(frame(rows), out_dir, "language_table", header, latex="icl.language_table")
     if not any(r["status"] == "ok" for r in records):
         return written
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors = mixer_colors([label(key, extra) for key in by_key])
+    fig, axes = new_figure("language_learning_curves", 1, 2)
+    axes = axes[0]
+    labels = series_labels(list(by_key), extra)
+    styles = series_styles(list(labels.values()))
     for key, runs in by_key.items():
-        labelled = False
-        for r in (r for r in runs if r["status"] == "ok"):
-            xs = [p["train_flops"] for p in r["curve"]]
-            for ax, metric in zip(axes, ("accuracy", "tvd")):
-                ax.plot(xs, [p["eval"]["test"][metric] for p in r["curve"]], color=colors[label(key, extra)],
-                        label=None if labelled else label(key, extra))
-            labelled = True
+        ok = [r for r in runs if r["status"] == "ok"]
+        if not ok:
+            continue
+        n = min(len(r["curve"]) for r in ok)
+        xs = [p["train_flops"] for p in ok[0]["curve"][:n]]
+        for ax, metric, scale in zip(axes, ("accuracy", "tvd"), (100, 1)):
+            per_seed = [[p["eval"]["test"][metric] for p in r["curve"][:n]] for r in ok]
+            plot_series(ax, xs, per_seed, styles[labels[key]], labels[key], scale=scale)
     if len(ngrams) == 1:  # reference lines (one evaluation set; several would need one panel each)
         result = next(iter(ngrams.values()))
-        styles = {"1": ":", "2": "-.", "3": "--", "4": "-"}
+        lines = {"1": ":", "2": "-.", "3": "--", "4": (0, (3, 1, 1, 1, 1, 1))}
         for order, s in result["orders"].items():
-            for ax, metric in zip(axes, ("accuracy", "tvd")):
-                ax.axhline(s[metric], color="0.45", linewidth=0.9, linestyle=styles.get(order, "--"),
+            for ax, metric, scale in zip(axes, ("accuracy", "tvd"), (100, 1)):
+                ax.axhline(scale * s[metric], color=REFERENCE_COLOR, linewidth=0.8, linestyle=lines.get(order, "--"),
                            label=f"{order}-gram (in context)")
-    for ax, name in zip(axes, ("accuracy (argmax allowed), per sequence", "total-variation distance")):
+    for ax, name in zip(axes, ("accuracy per sequence (%)", "total-variation distance")):
         ax.set_xscale("log")
-        ax.set_xlabel("training FLOPs (analytic, forward + backward)")
+        ax.set_xlabel("training FLOPs (analytic, fwd + bwd)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylim(0, 1.02)
+        tidy_log_axis(ax, "x")
+    axes[0].set_ylim(0, 102)
     axes[1].set_ylim(bottom=0)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    legend_below(fig)
     return written + save_figure(fig, out_dir, "language_learning_curves")
 
 

@@ -16,11 +16,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness.run.records import mixer_label
-from harness.report.kit import hardware_label, mean, mean_std, mixer_colors, status_note, flatten, save_figure, varying_keys, write_table
+from harness.report.kit import (flatten, hardware_label, legend_below, mean, mean_std, new_figure, plot_series, save_figure,
+                                series_labels, series_styles, sort_key, status_note, tidy_log_axis, varying_keys,
+                                write_table)
 
 TASKS = ("lm_text", "copy_text")  # the tasks whose runs this module reports
-
-TASKS = ("lm_text", "copy_text")
 
 
 def peak_memory(record: dict) -> float:
@@ -38,11 +38,7 @@ def groups(records: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
     for r in records:
         flat = flatten(r["config"])
         out[(r["config"]["task"]["name"], mixer_label(r["config"]), *(flat.get(k) for k in extra))].append(r)
-    return extra, dict(sorted(out.items(), key=lambda kv: repr(kv[0])))
-
-
-def label(key: tuple, extra: list[str]) -> str:
-    return key[1] + "".join(f", {k.split('.')[-1]}={v}" for k, v in zip(extra, key[2:]))
+    return extra, dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
 
 
 def table(records: list[dict]) -> pd.DataFrame:
@@ -68,53 +64,62 @@ def table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _task_panels(records: list[dict]) -> tuple[plt.Figure, list[tuple[plt.Axes, str, list[tuple[tuple, list[dict]]]]],
-                                               list[str], dict[str, str]]:
-    """A figure with one panel per task: ``(figure, [(axes, task, its (key, runs) groups)], the settings
-    that vary, a colour per legend label)``."""
+def _task_panels(records: list[dict], stem: str) -> tuple[plt.Figure, list[tuple[plt.Axes, str, list[tuple[tuple, list[dict]]]]],
+                                                          dict[tuple, str], dict[str, dict]]:
+    """A figure at the print width of ``stem`` with one panel per task: ``(figure, [(axes, task, its
+    (key, runs) groups)], a legend label per group, a style per label)``."""
     extra, by_key = groups(records)
     tasks = [t for t in TASKS if any(k[0] == t for k in by_key)]
-    colors = mixer_colors(list({label(k, extra) for k in by_key}))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    names = series_labels(sorted({k[1:] for k in by_key}, key=sort_key), extra)  # the same mixer alike in both tasks
+    labels = {k: names[k[1:]] for k in by_key}
+    styles = series_styles(list(labels.values()))
+    fig, axes = new_figure(stem, 1, len(tasks))
     panels = [(ax, task, [(key, runs) for key, runs in by_key.items() if key[0] == task])
               for ax, task in zip(axes[0], tasks)]
-    return fig, panels, extra, colors
+    return fig, panels, labels, styles
 
 
 def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    fig, panels, extra, colors = _task_panels(records)
+    """Evaluation loss against training FLOPs: the mean over seeds, their spread as a band."""
+    fig, panels, labels, styles = _task_panels(records, "loss_vs_flops")
     for ax, task, keyed in panels:
         for key, runs in keyed:
-            for i, r in enumerate(r for r in runs if r["status"] == "ok"):
-                ax.plot([p["train_flops"] for p in r["curve"]], [p["eval"]["validation"]["loss"] for p in r["curve"]],
-                        color=colors[label(key, extra)], label=None if i else label(key, extra))
+            ok = [r for r in runs if r["status"] == "ok"]
+            if ok:
+                n = min(len(r["curve"]) for r in ok)
+                plot_series(ax, [p["train_flops"] for p in ok[0]["curve"][:n]],
+                            [[p["eval"]["validation"]["loss"] for p in r["curve"][:n]] for r in ok],
+                            styles[labels[key]], labels[key])
         ax.set_xscale("log")
-        ax.set_xlabel("training FLOPs (analytic, forward + backward)")
-        ax.set_ylabel("eval loss (nats/token)" + (", repeated half" if task == "copy_text" else ""))
-        ax.set_title(task)
+        ax.set_xlabel("training FLOPs (analytic, fwd + bwd)")
+        ax.set_ylabel("eval loss (nats/token)")
+        ax.set_title(task + (" (loss on the repeated half)" if task == "copy_text" else ""))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+        tidy_log_axis(ax, "x")
+    fig.suptitle(title)
+    fig.tight_layout()
+    legend_below(fig)
     return save_figure(fig, out_dir, "loss_vs_flops")
 
 
 def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    fig, panels, extra, colors = _task_panels(records)
+    """Final evaluation loss against peak training memory, a point per run (seed)."""
+    fig, panels, labels, styles = _task_panels(records, "loss_vs_memory")
     for ax, task, keyed in panels:
         for key, runs in keyed:
             ok = [r for r in runs if r["status"] == "ok"]
             if not ok:
                 continue
-            x = mean([peak_memory(r) for r in ok]) / 2**20
-            y = mean([r["final"]["eval"]["validation"]["loss"] for r in ok])
-            ax.scatter([x], [y], color=colors[label(key, extra)], label=label(key, extra), s=40)
-            ax.annotate(key[1], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            style = styles[labels[key]]
+            ax.scatter([peak_memory(r) / 2**20 for r in ok], [r["final"]["eval"]["validation"]["loss"] for r in ok],
+                       color=style["color"], marker=style["marker"], s=18, label=labels[key])
         ax.set_xlabel("peak training memory (MB)")
         ax.set_ylabel("final eval loss (nats/token)")
         ax.set_title(task)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    legend_below(fig, title="a point per run (seed)")
     return save_figure(fig, out_dir, "loss_vs_memory")
 
 
@@ -135,7 +140,7 @@ def describe(records: list[dict]) -> str:
 
 def report(records: list[dict], benchmark: str, profile: str, out_dir: Path) -> list[Path]:
     header = f"# {benchmark} ({profile} profile)\n\n{describe(records)}"
-    written = write_table(table(records), out_dir, "table", header)
+    written = write_table(table(records), out_dir, "table", header, latex="lm.table")
     if any(r["status"] == "ok" for r in records):
         title = f"{benchmark}, {hardware_label(records[0]['environment'])}"
         written += plot_loss_vs_flops(records, out_dir, title)

@@ -25,12 +25,12 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness.run.records import mixer_label
-from harness.report.kit import (flatten, hardware_label, mixer_colors, percent_mean_std, save_figure, settings_label,
-                                status_note, varying_keys, write_table)
+from harness.report.kit import (REFERENCE_COLOR, SPREAD, flatten, hardware_label, legend_below, new_figure,
+                                percent_mean_std, plot_series, save_figure, series_labels, series_styles, sort_key,
+                                status_note, tidy_log_axis, varying_keys, write_table)
 
 TASKS = ("mqar",)  # the tasks whose runs this module reports
 
@@ -141,7 +141,7 @@ def tables(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     extra, groups = model_groups(records)
     rows, sweep = [], []
     sets_seen: list[str] = []
-    for key, by_lr in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+    for key, by_lr in sorted(groups.items(), key=lambda kv: sort_key(kv[0])):
         mixer, d_model = key[0], key[1]
         lr, ok = best_lr(by_lr)
         every = [r for runs in by_lr.values() for r in runs]
@@ -175,85 +175,85 @@ def tables(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def plot_accuracy_vs_d_model(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """Zoology's figure: best-learning-rate accuracy against d_model, a panel per sequence length."""
+    """Zoology's figure: best-learning-rate accuracy (%) against d_model, a panel per test setting
+    (sequence length, key-value pairs), a line per mixer (mean over seeds, their spread as a band),
+    1/K and 2/V as grey reference lines."""
     extra, groups = model_groups(records)
     best = {key: best_lr(by_lr)[1] for key, by_lr in groups.items()}
     best = {key: runs for key, runs in best.items() if runs}
     sets = sorted({s for runs in best.values() for s in runs[0]["final"]["eval"]}, key=parse_setting)
-    lengths = sorted({parse_setting(s)[0] for s in sets})
-    lines = sorted({(key[0], *key[2:]) for key in best})
-    colors = mixer_colors([settings_label(line[0], extra, line[1:]) for line in lines])
-    styles = ["-", "--", ":", "-."]
+    lines = sorted({(key[0], *key[2:]) for key in best}, key=sort_key)
+    labels = series_labels(lines, extra)
+    styles = series_styles(list(labels.values()))
     widths = sorted({key[1] for key in best})
     vocab = records[0]["task_summary"]["vocab_size"]
-    fig, axes = plt.subplots(1, max(1, len(lengths)), figsize=(3.6 * max(1, len(lengths)), 3.6), squeeze=False,
-                             sharey=True)
-    for ax, length in zip(axes[0], lengths):
-        kvs = [parse_setting(s)[1] for s in sets if parse_setting(s)[0] == length]
-        for i, kv in enumerate(kvs):
-            name = f"L{length}-kv{kv}"
-            for line in lines:
-                points = sorted((key[1], runs) for key, runs in best.items() if (key[0], *key[2:]) == line
-                                and name in runs[0]["final"]["eval"])
-                if not points:
-                    continue
-                xs = [d for d, _ in points]
-                ys = [mean([r["final"]["eval"][name]["accuracy"] for r in runs]) for _, runs in points]
-                key = settings_label(line[0], extra, line[1:])
-                ax.plot(xs, ys, marker="o", linestyle=styles[i % len(styles)], color=colors[key], label=key)
-            ax.axhline(one_over_k(name), color="grey", linewidth=0.8, linestyle=styles[i % len(styles)],
-                       label="1/K (a value from the context)")
-        ax.axhline(two_over_v(vocab), color="black", linewidth=0.6, linestyle=":", label="2/V (uniform over values)")
+    columns = min(len(sets), 5) or 1
+    fig, axes = new_figure("accuracy_vs_d_model", -(-len(sets) // columns), columns, sharey=True)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(sets):
+            ax.set_visible(False)
+            continue
+        name = sets[i]
+        for line in lines:
+            points = sorted(((key[1], runs) for key, runs in best.items() if (key[0], *key[2:]) == line
+                             and name in runs[0]["final"]["eval"]), key=lambda p: p[0])
+            if points:
+                per_seed = [[r["final"]["eval"][name]["accuracy"] for r in runs] for _, runs in points]
+                width_runs = min(len(v) for v in per_seed)
+                per_seed = [[v[j] for v in per_seed] for j in range(width_runs)]
+                plot_series(ax, [d for d, _ in points], per_seed, styles[labels[line]], labels[line], scale=100)
+        ax.axhline(100 * one_over_k(name), color=REFERENCE_COLOR, linewidth=0.8, linestyle="--",
+                   label="1/K (a value from the context)")
+        ax.axhline(100 * two_over_v(vocab), color=REFERENCE_COLOR, linewidth=0.8, linestyle=":",
+                   label="2/V (uniform over values)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(widths, [str(d) for d in widths])
         ax.minorticks_off()
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(-3, 103)
         ax.set_xlabel("model dimension")
-        style_names = ("solid", "dashed", "dotted", "dash-dot")
-        note = ", ".join(f"{style_names[i % len(styles)]} {kv}" for i, kv in enumerate(kvs)) if len(kvs) > 1 else str(kvs[0])
-        ax.set_title(f"sequence length {length}\n(key-value pairs: {note})", fontsize=9)
+        length, kv = parse_setting(name)
+        ax.set_title(f"L = {length}, {kv} pairs")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("MQAR accuracy (best learning rate)")
-    handles, labels = {}, []
-    for ax in axes[0]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    fig.legend([handles[lab] for lab in labels], labels, fontsize=8, loc="lower center", ncol=min(6, max(1, len(labels))))
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+        if i % columns == 0:
+            ax.set_ylabel("accuracy (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    legend_below(fig, title=f"best learning rate per model; {SPREAD}")
     return save_figure(fig, out_dir, "accuracy_vs_d_model")
 
 
 def plot_accuracy_vs_state(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """The Based paper's figure: best-learning-rate mean accuracy (test grid) against decoding state
-    (values, all layers, after the longest input), a point per model, a colour per mixer, with the
-    trivial references. Records without a ``state`` (written before it) are left out."""
+    """The Based paper's figure: best-learning-rate mean accuracy (test grid, %) against decoding
+    state (values, all layers, after the longest input), a point per model and seed, a style per
+    mixer, with the trivial references. Records without a ``state`` (written before it) are left out."""
     extra, groups = model_groups(records)
     best = {key: runs for key, runs in ((k, best_lr(v)[1]) for k, v in groups.items()) if runs and runs[0].get("state")}
     if not best:
         return []
     names = sorted({key[0] for key in best})
-    colors = mixer_colors(names)
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    styles = series_styles(names)
+    fig, axes = new_figure("accuracy_vs_state")
+    ax = axes[0][0]
     for name in names:
-        points = sorted((runs[0]["state"]["values"], mean([r["final"]["accuracy_all"] for r in runs]))
-                        for key, runs in best.items() if key[0] == name)
-        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", linestyle="", color=colors[name], label=name)
+        style = styles[name]
+        points = sorted((r["state"]["values"], 100 * r["final"]["accuracy_all"])
+                        for key, runs in best.items() if key[0] == name for r in runs)
+        ax.scatter([x for x, _ in points], [y for _, y in points], color=style["color"], marker=style["marker"], s=16,
+                   label=name)
     sets = sorted({s for runs in best.values() for s in runs[0]["final"]["eval"]}, key=parse_setting)
     vocab = records[0]["task_summary"]["vocab_size"]
-    ax.axhline(mean([one_over_k(s) for s in sets]), color="grey", linewidth=0.8, linestyle="--",
-               label="1/K (a value from the context), mean over the grid")
-    ax.axhline(two_over_v(vocab), color="black", linewidth=0.6, linestyle=":", label="2/V (uniform over values)")
+    ax.axhline(100 * mean([one_over_k(s) for s in sets]), color=REFERENCE_COLOR, linewidth=0.8, linestyle="--",
+               label="1/K, mean over the grid")
+    ax.axhline(100 * two_over_v(vocab), color=REFERENCE_COLOR, linewidth=0.8, linestyle=":", label="2/V")
     ax.set_xscale("log")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel(f"decoding state (values, all layers, after {next(iter(best.values()))[0]['state']['length']} tokens)")
-    ax.set_ylabel("MQAR accuracy, test grid (best learning rate)")
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(f"decoding state (values after {next(iter(best.values()))[0]['state']['length']} tokens)")
+    ax.set_ylabel("accuracy, test grid (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=8)
+    tidy_log_axis(ax, "x")
+    ax.set_title(title.split("\n")[-1])
     fig.tight_layout()
+    legend_below(fig, title="a point per run (seed), best learning rate", columns=3)
     return save_figure(fig, out_dir, "accuracy_vs_state")
 
 
@@ -287,10 +287,11 @@ def shorts(records: list[dict]) -> str:
 def report(records: list[dict], benchmark: str, profile: str, out_dir: Path) -> list[Path]:
     header = f"# {benchmark}: {protocol(benchmark)} ({profile} profile)\n\n{describe(records)}"
     table, sweep = tables(records)
-    written = write_table(table, out_dir, "table", header)
-    written += write_table(sweep, out_dir, "lr_sweep", header + "\n\nEvery learning rate of the sweep.")
+    written = write_table(table, out_dir, "table", header, latex="recall.table")
+    written += write_table(sweep, out_dir, "lr_sweep", header + "\n\nEvery learning rate of the sweep.",
+                           latex="recall.lr_sweep")
     if any(r["status"] == "ok" for r in records):
-        title = f"{benchmark}: {protocol(benchmark)}\n{hardware_label(records[0]['environment'])}"
+        title = f"{benchmark}, {hardware_label(records[0]['environment'])}"
         written += plot_accuracy_vs_d_model(records, out_dir, title)
         written += plot_accuracy_vs_state(records, out_dir, title)
     return written

@@ -4,13 +4,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from harness.report.kit import hardware_label, save_figure, write_table  # noqa: E402
+from harness.report.kit import hardware_label, legend_below, new_figure, save_figure, series_styles, tidy_log_axis, write_table
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -49,35 +45,43 @@ def scaling_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 
 
 def plot_scaling(result: dict, out_dir: Path) -> list[Path]:
+    """Time and activation memory per batch against sequence length (log-log), a line per variant
+    in its mixer's style (a second variant of one mixer hollow, with the next line style); x marks a
+    length that ran out of memory."""
     gpu = result["environment"].get("device") == "cuda"
     mem_key = "activation_peak_bytes" if gpu else "saved_bytes"
-    title = f"{hardware_label(result['environment'])}, d_model {result['config']['scaling']['d_model']}, " \
-            f"{result['config']['scaling']['tokens_per_batch']:,} tokens per batch, {result['config']['scaling']['dtype']}"
+    s = result["config"]["scaling"]
+    title = f"{hardware_label(result['environment'])}, d_model {s['d_model']}, {s['dtype']}"
+    styles = series_styles(list(result["variants"]))
     paths = []
     for key, scale, ylabel, stem, slope_key in (
-        ("median_s", 1e3, "forward + backward time per batch (ms)", "time_vs_length", "time"),
-        (mem_key, 2**-20, "activation memory per batch (MB)" + (" (allocator peak)" if gpu else " (saved for backward)"),
-         "memory_vs_length", "peak_memory" if gpu else "saved_memory"),
+        ("median_s", 1e3, "fwd + bwd time (ms)", "time_vs_length", "time"),
+        (mem_key, 2**-20, "activation memory (MB)", "memory_vs_length", "peak_memory" if gpu else "saved_memory"),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4.2))
+        fig, axes = new_figure(stem)
+        ax = axes[0][0]
         for name, v in result["variants"].items():
             ok = [r for r in v["rows"] if r["status"] == "ok"]
             if not ok:
                 continue
             slope = v["fitted"].get(slope_key, float("nan"))
-            line, = ax.plot([r["length"] for r in ok], [r[key] * scale for r in ok], marker="o",
-                            label=f"{name} (slope {_fmt(slope)} per seq.)")
+            ax.plot([r["length"] for r in ok], [r[key] * scale for r in ok], label=f"{name} (slope {_fmt(slope)})",
+                    **styles[name])
             oom = [r for r in v["rows"] if r["status"] == "oom"]
             if oom:
-                ax.plot([r["length"] for r in oom], [ok[-1][key] * scale] * len(oom), "x", color=line.get_color(),
-                        markersize=9)
+                ax.plot([r["length"] for r in oom], [ok[-1][key] * scale] * len(oom), "x", color=styles[name]["color"],
+                        markersize=6)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length n (batch = tokens / n; x: out of memory)")
+        ax.set_xlabel("sequence length n (batch = tokens / n)")
         ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        tidy_log_axis(ax, "y")
+        fig.tight_layout()
+        what = "" if key == "median_s" else ("allocator peak, " if gpu else "saved for backward, ")
+        legend_below(fig, title=f"per batch of {s['tokens_per_batch']:,} tokens ({what}log-log slope per\n"
+                                "sequence in brackets); x: out of memory")
         paths += save_figure(fig, out_dir, stem)
     return paths
 
@@ -96,7 +100,8 @@ def write_scaling_report(result: dict, out_dir: Path) -> list[Path]:
              + ("; FLOP slope: the same fit of the mixer's analytic forward FLOPs per sequence (what the method "
                 "costs, where time also measures host loops and kernel launches)." if any(
                     "flops" in v["fitted"] for v in result["variants"].values()) else "."))
-    paths = write_table(summary, out_dir, "table", f"# Scaling with sequence length\n\n{stamp}\n\n{setup}")
+    paths = write_table(summary, out_dir, "table", f"# Scaling with sequence length\n\n{stamp}\n\n{setup}",
+                        latex="scaling.table")
     paths += write_table(times, out_dir, "time_ms", "# Forward + backward time per batch (ms)")
     paths += write_table(memory, out_dir, "memory_mb",
                          "# Activation memory per batch (MB)" + (" (CUDA allocator peak above parameters and inputs)"

@@ -27,7 +27,9 @@ ALLOWED = {
 # the report command finds the per-benchmark report modules (by name, at run time); the in-context
 # learning report scores RegBench's n-gram baselines on the evaluation set its records name, which
 # needs the task and the frozen sets
+# the kit styles every figure's mixers by the registry's order and reads conf/report.yaml
 ALLOWED_EXTRA = {"harness.report.cli": ("harness.report",),
+                 "harness.report.kit": ("mixers", "harness.run.config"),
                  "harness.report.icl": ("harness.run.eval_sets", "tasks")}
 PROJECT = ("harness", "mixers", "tasks")
 

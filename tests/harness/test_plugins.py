@@ -110,7 +110,7 @@ def test_an_outside_mixer_and_task_train_record_and_report(package, tmp_path, ho
     assert report.main(["--benchmark", "plugin", f"results_dir={tmp_path / 'results'}"]) == 0
     out = tmp_path / "results" / "plugin" / "test"
     table = pd.read_csv(out / "table.csv")
-    assert list(table["mixer"]) == [cfg["mixer"]["name"]] and "accuracy valid" in table.columns
+    assert list(table["mixer"]) == [cfg["mixer"]["name"]] and "accuracy valid (%)" in table.columns
     assert (out / "learning_curves.png").stat().st_size > 0
 
 

@@ -96,7 +96,7 @@ def test_a_task_without_a_report_of_its_own_gets_the_generic_one(tmp_path, monke
     for name in ("table.md", "table.csv", "table.tex", "learning_curves.png", "learning_curves.pdf"):
         assert (out_dir / name).stat().st_size > 0, name
     table = pd.read_csv(out_dir / "table.csv")
-    assert {"accuracy L2", "exact_match L8", "loss L4", "params", "runs"} <= set(table.columns)
+    assert {"accuracy L2 (%)", "exact_match L8 (%)", "loss L4", "params", "runs"} <= set(table.columns)
     assert list(table["runs"]) == ["1/1 ok"]
 
 
