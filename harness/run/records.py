@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # every default (conf/config.yaml and its groups)
 # Keys that say where, how verbosely or on which GPU a run writes, not what it computes.
-NON_IDENTITY_KEYS = ("results_dir", "force", "concurrent_runs", "gpu")
+NON_IDENTITY_KEYS = ("results_dir", "published_dir", "force", "concurrent_runs", "gpu")
 NON_IDENTITY_TRAIN_KEYS = ("progress",)
 # Keys added after records were first written: at these values they are left out of the identity,
 # so that older records keep their ids (and are not rerun); any other value makes a new run.
@@ -64,6 +65,35 @@ def run_id(config: dict) -> str:
     """12 hex digits of the SHA-256 of the canonical JSON of ``identity(config)``."""
     canonical = json.dumps(identity(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def runs_folder(results_dir: Path | str) -> Path:
+    """Where the records of a results folder are: ``<results_dir>/runs/``."""
+    return Path(results_dir) / "runs"
+
+
+def config_default(key: str) -> str:
+    """conf/config.yaml's value of the top-level ``key`` (``results_dir``, ``published_dir``), for the
+    commands that are not Hydra applications (the report, the weights loader)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(CONF_DIR / "config.yaml")[key])
+
+
+def is_inside(path: Path | str, folder: Path | str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, symlinks resolved."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def published_problem(results_dir: Path | str, published_dir: Path | str) -> str | None:
+    """A problem naming ``results_dir`` when it is, or lies inside, ``published_dir``: the published
+    records are read-only to the harness (runs, frozen evaluation sets and weights never go there)."""
+    if not is_inside(results_dir, published_dir):
+        return None
+    return (f"results_dir: {results_dir} is inside published_dir ({published_dir}), the published records, which "
+            f"runs never write to; choose a folder of your own (the default is {config_default('results_dir')}); "
+            "to publish a record, copy it into <published_dir>/runs/ by hand")
 
 
 def record_path(runs_dir: Path, config: dict) -> Path:

@@ -127,4 +127,4 @@ def test_the_report_takes_results_dir_as_every_entry_point_does(tmp_path, capsys
         report.main(["--all", "--results-dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         report.main(["--all", "seed=1"])
-    assert "the only setting is results_dir=DIR" in capsys.readouterr().err
+    assert "the settings are results_dir=DIR, published_dir=DIR, reports_dir=DIR" in capsys.readouterr().err
