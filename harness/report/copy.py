@@ -7,7 +7,7 @@ and seconds to exact-match, token-accuracy and loss thresholds) and, where the r
 ``state_bits``, ``memory_bound`` (each model's decoding state in bits after the prompt at each
 evaluation length beside the ``L log2(alphabet)`` bits of the string, Jelassi et al.'s bound).
 Plots: exact match and token accuracy against length (training range shaded), loss against FLOPs
-and against peak memory.
+and against the activation memory saved per training step (the peak for older records).
 
 Runs are grouped by (mixer, protocol, the settings that vary) over seeds, so attention's
 ``mixer.position`` variants (RoPE, NoPE, Hard-ALiBi) stay apart; runs that did not finish are
@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.report.kit import (flops_to_reach, group_key, hardware_label, mixer_colors, percent_mean_std,
+from harness.report.kit import (flops_to_reach, group_key, hardware_label, memory_cells, mixer_colors, percent_mean_std, saved_bytes,
                                 save_figure, settings_label, status_note, time_to_reach, varying_keys, write_table)
 
 THRESHOLDS = (0.9, 0.99)
@@ -62,7 +62,7 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
         row["eval loss (in-dist.)"] = (f"{sum(r['final']['loss_in'] for r in ok) / len(ok):.4f}" if ok else "-")
         for t in THRESHOLDS:
             row[f"FLOPs to {int(t * 100)}% exact"] = _reach(ok, t)
-        row["peak memory (MB)"] = (f"{max(r['memory']['peak_bytes'] for r in ok) / 2**20:.0f}" if ok else "-")
+        row.update(memory_cells(ok))  # activations saved per step (device independent) and the peak, labelled
         shared = max((r["config"].get("concurrent_runs", 1) for r in ok), default=1)
         row["tokens/s"] = (f"{sum(r['throughput']['tokens_per_s'] for r in ok) / len(ok):,.0f}"
                            + (f" ({shared} runs sharing the device)" if shared > 1 else "") if ok else "-")
@@ -196,21 +196,25 @@ def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOL
 
 
 def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """Final in-distribution evaluation loss against peak training memory, one point per run."""
+    """Final in-distribution evaluation loss against the activation memory autograd saves per training
+    step (device independent), one point per run; against the peak (labelled) for records written
+    before that was measured."""
     fig, panels, extra, colors = _protocol_panels(records)
     ok = [r for r in records if r["status"] == "ok"]
     gpu = ok and ok[0]["environment"].get("device") == "cuda"
+    saved = bool(ok) and all(saved_bytes(r) is not None for r in ok)
     for ax, protocol, runs in panels:
         labelled = set()
         for r in sorted(runs, key=lambda r: label(r, extra)):
             name = label(r, extra)
-            mem = r["memory"].get("activation_peak_bytes" if gpu else "peak_bytes", 0) / 2**20
+            mem = (saved_bytes(r) if saved else r["memory"].get("activation_peak_bytes" if gpu else "peak_bytes", 0)) / 2**20
             ax.scatter([mem], [max(r["final"]["loss_in"], 1e-6)], color=colors[name], label=None if name in labelled else name)
             labelled.add(name)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("peak training memory (MB, " + ("activations above weights, grads, optimizer" if gpu
-                                                       else "process RSS") + ")")
+        ax.set_xlabel("activation memory per training step (MB saved for backward)" if saved else
+                      "peak training memory (MB, " + ("activations above weights, grads, optimizer" if gpu
+                                                      else "process RSS") + ")")
         ax.set_ylabel("final eval loss, in-distribution")
         ax.set_title(f"{protocol} protocol")
         ax.grid(alpha=0.3, which="both")

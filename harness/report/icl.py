@@ -33,7 +33,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 import tasks
-from harness.report.kit import (flatten, hardware_label, mean, mean_std, mixer_colors, save_figure, settings_label,
+from harness.report.kit import (flatten, hardware_label, mean, mean_std, memory_cells, mixer_colors, save_figure, settings_label,
                                 status_note, varying_keys, write_table)
 from harness.run import eval_sets as frozen
 
@@ -97,6 +97,7 @@ def regression_report(records: list[dict], header: str, title: str, out_dir: Pat
             row[f"err/d k={k}"] = mean_std([curve(r, "err", n_points)[k] for r in ok])
         row["err/d mean over k"] = mean_std([r["final"]["eval"]["prompts"]["error"] for r in ok])
         row["left plateau"] = f"{sum(left_plateau(r, n_points) for r in ok)}/{len(ok)}" if ok else "-"
+        row.update(memory_cells(ok))
         rows.append(row)
     # the baselines are the same for every run (the prompts are the same); older records lack some
     baselines = [(prefix, name, style, marker) for prefix, name, style, marker in BASELINES
@@ -197,7 +198,7 @@ def language_report(records: list[dict], header: str, title: str, out_dir: Path)
                      "accuracy per token (%)": mean_std(per_token, 1, 100) if len(per_token) == len(scores) else "-",
                      "TVD": mean_std([s["tvd"] for s in scores]),
                      "L1 (RegBench's)": mean_std([s["l1"] for s in scores]),
-                     "eval loss": mean_std([r["final"]["eval"]["test"]["loss"] for r in ok])})
+                     "eval loss": mean_std([r["final"]["eval"]["test"]["loss"] for r in ok]), **memory_cells(ok)})
     by_set: dict[str, dict] = {}  # evaluation set id -> a record naming it
     for r in records:
         by_set.setdefault(r.get("eval_sets", {}).get("id") or frozen.set_id(r["config"]["task"]), r)

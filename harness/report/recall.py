@@ -28,7 +28,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.report.kit import (flatten, hardware_label, mixer_colors, percent_mean_std, save_figure, settings_label,
+from harness.report.kit import (flatten, hardware_label, memory_cells, mixer_colors, percent_mean_std, save_figure, settings_label,
                                 status_note, varying_keys, write_table)
 
 TASKS = ("mqar",)  # the tasks whose runs this module reports
@@ -156,6 +156,7 @@ def tables(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["mean acc (%)"] = flagged([r["final"]["accuracy_all"] for r in ok], floor)
         row["converged"] = convergence_note(ok)
         row["state (values)"] = (first.get("state") or {}).get("values", "-")
+        row.update(memory_cells(ok))  # at the best learning rate
         row["lrs tried"] = ", ".join(f"{k:g}" for k in sorted(by_lr))
         rows.append(row)
         for each, runs in sorted(by_lr.items()):

@@ -112,9 +112,12 @@ def summary(table: pd.DataFrame, benchmark: str, profile: str, shown: int = 8) -
     judged = table[table["verdict"].isin(("inside", "above", "below"))]
     by_config = [bool((group["verdict"] == "inside").all()) for _, group in judged.groupby(["mixer", "protocol"], sort=False)]
     unmatched = table[~table["verdict"].isin(("inside", "above", "below"))]
-    lines = [f"{benchmark} ({profile}): {sum(by_config)} of {len(by_config)} configurations reproduced "
-             f"(every final metric inside the published seed spread); {int((judged['verdict'] == 'inside').sum())} "
-             f"of {len(judged)} metric cells inside"]
+    if not by_config:
+        lines = [f"{benchmark} ({profile}): none of your configurations has finished published runs to compare"]
+    else:
+        lines = [f"{benchmark} ({profile}): {sum(by_config)} of {len(by_config)} configurations reproduced "
+                 f"(every final metric inside the published seed spread); {int((judged['verdict'] == 'inside').sum())} "
+                 f"of {len(judged)} metric cells inside"]
     outside = judged[judged["verdict"] != "inside"]
     for _, row in outside.head(shown).iterrows():
         lines.append(f"  outside: {row['mixer']} ({row['protocol']}) {row['metric']} {row['set']}: yours "

@@ -14,7 +14,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from harness.run.memory import PeakMemory
+from harness.run.memory import SAVED_METHOD, PeakMemory
 from harness.run.step import StepRunner
 from mixers.base import Mixer, conventional_exemptions
 from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
@@ -226,6 +226,7 @@ class Trainer:
         self.loss_window: list[torch.Tensor] = []
         self.started = time.perf_counter()
         self.status = ""
+        self.saved_bytes: int | None = None
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -234,6 +235,8 @@ class Trainer:
     def step(self, step: int, batch: Batch, data_s: float = 0.0) -> None:
         """Train on ``batch`` (step ``step``, 0-based), evaluate when due; raises ``Diverged``."""
         cfg, result = self.cfg, self.result_
+        if step == 0:  # activation memory of one step, before it (outside its clock)
+            self.saved_bytes = self.runner.saved_bytes(batch)
         t0 = time.perf_counter() - data_s
         loss = self.runner(batch, step)
         if step == 0:  # weights, their gradients and the optimizer state: the static part
@@ -280,7 +283,7 @@ class Trainer:
                          "eval_s": self.eval_time}
         result.throughput = {"train_tokens": self.tokens, "tokens_per_s": self.tokens / max(self.train_time, 1e-9),
                              "step": self.runner.info}
-        result.memory = self.memory.read()
+        result.memory = {**self.memory.read(), "saved_bytes": self.saved_bytes, "saved_method": SAVED_METHOD}
         return result
 
 
