@@ -19,6 +19,7 @@ from harness.run.faults import is_out_of_memory
 from harness.run.matching import MatchError, match_parameters
 from harness.run.model import ACTIVATIONS, INITS, ORDERS, POSITIONS, SequenceModel
 from harness.run.step import COMPILE_MODES
+from harness.run.tracking import logger_problem
 from harness.run.train import EXEMPTION_RULES, SCHEDULES, TrainConfig
 from harness.run.records import CONF_DIR as CONF_PATH, config_default, plain_name_problem, published_problem
 import mixers
@@ -33,7 +34,7 @@ GROUPS = ("mixer", "task", "model", "train")
 TOP_LEVEL = {"benchmark": str, "seed": int, "device": str, "results_dir": str, "force": bool,
              "concurrent_runs": int, "deterministic": bool, "save_weights": bool, "gpu": dict}
 # added after records were first written (older records' configs lack it): where the published records are
-TOP_LEVEL_OPTIONAL = {"published_dir": str}
+TOP_LEVEL_OPTIONAL = {"published_dir": str, "logger": dict | None}
 MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_embeddings": bool,
          "max_len": int | None}
 # optional backbone fields: parameter matching (conf/model/matched.yaml) and an explicit MLP width
@@ -202,6 +203,9 @@ def check_top_level(cfg: dict) -> None:
     _check(cfg["results_dir"] != "", "results_dir", "must be a non-empty path")
     _check(cfg.get("published_dir") != "", "published_dir", "must be a non-empty path")
     problem = published_problem(cfg["results_dir"], cfg.get("published_dir") or config_default("published_dir"))
+    if problem:
+        raise ConfigError(problem)
+    problem = logger_problem(cfg.get("logger"))
     if problem:
         raise ConfigError(problem)
     _check(cfg["concurrent_runs"] >= 1, "concurrent_runs", f"must be an integer >= 1, got {cfg['concurrent_runs']}")

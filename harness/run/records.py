@@ -22,7 +22,7 @@ from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # every default (conf/config.yaml and its groups)
 # Keys that say where, how verbosely or on which GPU a run writes, not what it computes.
-NON_IDENTITY_KEYS = ("results_dir", "published_dir", "force", "concurrent_runs", "gpu")
+NON_IDENTITY_KEYS = ("results_dir", "published_dir", "force", "concurrent_runs", "gpu", "logger")
 NON_IDENTITY_TRAIN_KEYS = ("progress",)
 # Keys added after records were first written: at these values they are left out of the identity,
 # so that older records keep their ids (and are not rerun); any other value makes a new run.
