@@ -4,7 +4,8 @@ The harness's own hook: a run's config when it starts, each point of its learnin
 scalars: ``train_loss``, the ``*_in`` summaries, ``eval/<set>/<metric>``) as it is evaluated, and
 its status and final metrics when its record is written. Everything is written inside the results
 folder, ``<results_dir>/tracking/``: W&B in offline mode (``wandb/``; ``wandb sync`` uploads it
-later), MLflow to a local file store (``mlruns/``; ``mlflow ui --backend-store-uri``), TensorBoard
+later), MLflow to a local file store (``mlruns/``, with ``MLFLOW_ALLOW_FILE_STORE=true``, which MLflow 3
+asks for; ``mlflow ui --backend-store-uri file://...``), TensorBoard
 event files (``tensorboard/<record stem>/``). The JSON record stays the source of truth: a tracker
 that fails is logged once and the run goes on. The packages are the optional extra ``tracking``
 (``pip install -e .[tracking]``); a logger whose package is missing is a configuration error
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger("mixbench")
@@ -98,6 +100,8 @@ class Mlflow(Tracker):
     def start(self) -> None:
         import mlflow
 
+        # the local file store, which mlflow-skinny (no SQLAlchemy) can write; MLflow 3 asks for this opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.client = mlflow.tracking.MlflowClient(tracking_uri=(self.folder / "mlruns").resolve().as_uri())
         name = self.cfg["logger"].get("experiment", "mixbench")

@@ -3,7 +3,6 @@ the curve, the config and the final metrics land inside the results folder; the 
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import pytest
 
@@ -53,10 +52,11 @@ def test_wandb_offline_run_is_written_inside_the_results_folder(tmp_path, monkey
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     record = tracked_run(tmp_path, "wandb")
-    runs = list((tmp_path / "tracking" / "wandb").glob("wandb/offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
-    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
-    assert summary["status"] == "ok" and summary["final/loss_in"] == pytest.approx(record["final"]["loss_in"])
+    runs = list((tmp_path / "tracking" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    (log,) = runs[0].glob("*.wandb")  # the offline run's protobuf log: its keys are plain strings
+    data = log.read_bytes()
+    assert all(key.encode() in data for key in ("train_loss", "final/loss_in", "eval/L4/accuracy", record["id"]))
 
 
 def test_a_missing_tracker_package_stops_the_run_before_training(tmp_path, monkeypatch):
