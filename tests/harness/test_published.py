@@ -124,3 +124,11 @@ def test_parquet_holds_every_record(tmp_path):
     assert sorted(table["id"]) == sorted(json.loads(p.read_text())["id"] for p in paths)
     assert {"config.mixer.name", "config.seed", "status", "params.total"} <= set(table.columns)
     assert any(c.startswith("final.eval.") for c in table.columns)
+
+
+def test_evaluation_sets_are_never_frozen_into_the_published_folder(tmp_path, capsys):
+    from harness.run.freeze_eval import main as freeze
+
+    published = tmp_path / "published"
+    assert freeze(["task=copy", f"published_dir={published}", f"results_dir={published}"]) == 2
+    assert "results_dir:" in capsys.readouterr().err and not published.exists()
