@@ -4,16 +4,21 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mixbench-installed
 # Extra Hydra overrides for any benchmark, e.g. make copy-benchmark ARGS="seed=0,1,2"; a results_dir=D
-# among them also tells the report where the records are and where its tables go.
+# (default results/local: your runs, git-ignored) or published_dir=D among them also tells the report
+# where the records are and where its tables go. The shipped records are results/published/runs/:
+# runs never write there; each report sets your numbers beside them and ends with what it reproduced.
 ARGS   ?=
-REPORT_ARGS = $(filter results_dir=%,$(ARGS))
+REPORT_ARGS = $(filter results_dir=% published_dir=%,$(ARGS))
 # Launcher overrides for this machine (harness/launch/profile.py): on a CPU-only machine one single-threaded
 # process per core and the CPU-sized mixer list; with several GPUs one process per GPU; with one GPU
 # runs one after another. Evaluated after `setup`, when .venv exists.
 # With CUDA the sweep (after --) is probed for how many runs share a GPU (harness/launch/sizing.py;
 # ARGS="gpu.jobs_per_gpu=1" keeps one run per GPU).
 CPU_MIXERS ?= mamba,hyena,tmm,attention
-launch      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS) -- $(1) $(ARGS))
+# On a CPU-only machine the copy benchmark trains seed 0 of each of its 8 configurations (4 mixers x 2
+# protocols; about 5 min of training on 2 cores, from the published records' times) and compares them with
+# both published seeds; CPU_SEEDS=0,1 trains the 16 runs (about 10 min). Other sweeps train their own seeds.
+launch      = $(shell $(PY) -m harness.launch mixer=$(CPU_MIXERS) $(if $(CPU_SEEDS),seed=$(CPU_SEEDS)) -- $(1) $(ARGS))
 # the same for sweeps whose experiment names its own mixers (the window and state-size sweeps)
 launch_own  = $(shell $(PY) -m harness.launch -- $(1) $(ARGS))
 # The recall, ICL and LM benchmarks have CPU-sized experiment variants (conf/experiment/*_cpu.yaml).
@@ -21,7 +26,7 @@ SIZE        = $(shell $(PY) -m harness.launch --suffix)
 
 .PHONY: help setup test copy-benchmark selective-copy-benchmark recall-benchmark icl-benchmark lm-benchmark \
         recall-zoology-figure2 recall-window-sweep recall-state-sweep scaling-benchmark generation-benchmark \
-        overhead-benchmark throughput-benchmark retention-benchmark invertibility-benchmark mad-benchmark report clean
+        overhead-benchmark throughput-benchmark retention-benchmark invertibility-benchmark mad-benchmark report published-report clean
 
 help:  ## this list
 	@grep -E '^[a-z][a-zA-Z0-9_ -]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]*):.*## (.*)/  \1|\2/' | \
@@ -42,9 +47,12 @@ test: setup  ## the test suite (GPU tests skip without CUDA)
 
 # The copy benchmarks: every mixer x protocols x seeds, sized for the machine (conf/train/cpu.yaml, or
 # conf/train/gpu.yaml when CUDA is present), then the report.
+copy-benchmark: CPU_SEEDS = 0
 copy-benchmark selective-copy-benchmark: %-benchmark: setup  ## copy / selective copy: every mixer, length generalisation
 	$(PY) -m harness.run --multirun +experiment=$(subst -,_,$*)_benchmark $(call launch,+experiment=$(subst -,_,$*)_benchmark) $(ARGS)
 	$(PY) -m harness.report --benchmark $(subst -,_,$*)_benchmark $(REPORT_ARGS)
+	@$(if $(and $(SIZE),$(filter copy,$*)),echo "CPU-only machine: trained seed(s) $(CPU_SEEDS) of each configuration \
+	(CPU_SEEDS=0,1 trains both published seeds); yours beside the published: <results_dir>/copy/cpu/reproduction.md",true)
 
 # Multi-query associative recall (Zoology), in-context learning (regression, automata), language
 # modelling on local text at matched parameter counts: freeze the evaluation sets, sweep, report.
@@ -90,8 +98,11 @@ overhead-benchmark: setup  ## what the harness adds to a run (start-up, data, lo
 throughput-benchmark: setup  ## ms per step and runs per hour: sequential, packed, compiled, fused (conf/throughput.yaml)
 	$(PY) -m harness.bench.throughput $(ARGS)
 
-report: setup  ## every benchmark's tables and plots from its records (ARGS="results_dir=D" for another folder)
+report: setup  ## every benchmark's tables and plots from your records, beside the published ones (ARGS="results_dir=D")
 	$(PY) -m harness.report --all $(REPORT_ARGS)
+
+published-report: setup  ## the published records' own tables and plots (results/<benchmark>/, the committed ones)
+	$(PY) -m harness.report --all --published $(REPORT_ARGS)
 
 clean:  ## remove .venv, logs and caches (records stay)
 	rm -rf $(VENV) results/logs outputs multirun .pytest_cache .hypothesis

@@ -3,24 +3,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-
-@contextmanager
-def saved_activation_bytes():
-    """Counts the bytes of tensors autograd saves for backward inside the block (deterministic,
-    device-independent activation memory; a tensor saved twice counts twice)."""
-    total = {"bytes": 0}
-
-    def pack(t: torch.Tensor):
-        total["bytes"] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield total
+from harness.run.memory import saved_activation_bytes  # one home: the run records count the same bytes
 
 
 def forward_backward(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype | None) -> None:

@@ -6,7 +6,8 @@ worker, the executor breaks, every job in flight is lost and the sweep aborts. H
 ``n_jobs`` slots has an executor of its own with one worker process (reused from job to job, so a
 worker imports torch once): a worker that dies costs only the job it ran, which is recorded as
 ``failed`` (``harness.run.execute.record_lost_run``); its slot starts a fresh worker and the sweep
-goes on. At the end the sweep reports the lost jobs (exit status 1), like any failed job.
+goes on. At the end the sweep reports the lost jobs (exit status 1), like any failed job. Each job's
+start and end update the sweep's progress line (``harness.launch.progress``: done, running, left, ETA).
 
 Each worker watches its parent (``watch_parent``): when the launching process dies (``kill -9``,
 a closed terminal), the worker exits within a second instead of training on, and starting new
@@ -25,6 +26,8 @@ from typing import Any, Sequence
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from omegaconf import OmegaConf, open_dict, read_write
+
+from harness.launch import progress
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a worker looks at its parent
@@ -126,6 +129,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                 executors[i] = ProcessPoolExecutor(max_workers=1)
             job = (initial_job_idx + idx, overrides, launcher.hydra_context, launcher.config,
                    launcher.task_function, singleton_state)
+            progress.job_started(overrides)
             try:
                 results[idx] = executors[i].submit(run_job_here, os.getpid(), *job).result()
             except BrokenProcessPool as err:  # this slot's worker died: its job only
@@ -136,6 +140,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                 results[idx] = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=err)
             except BaseException:  # noqa: BLE001 - Ctrl-C reached the worker: the main thread stops the sweep
                 return
+            progress.job_ended(overrides, results[idx].status == JobStatus.COMPLETED)
 
     threads = [threading.Thread(target=slot, args=(i,), name=f"slot-{i}", daemon=True) for i in range(slots)]
     try:

@@ -7,7 +7,9 @@ launching machine for every launcher (basic, joblib, Slurm), so GPU availability
 It also checks that every results folder is writable and that the launcher's ``n_jobs`` is
 meaningful. A model too large to build here (out of memory) is not a configuration error: the
 run is noted, and records ``oom`` when it runs. The preflight raises nothing but its own clean
-stop (``SystemExit(2)`` after one logged line per problem).
+stop (``SystemExit(2)`` after one logged line per problem). It then starts the sweep's progress line
+(``harness.launch.progress``), which the basic launcher's jobs update through ``on_job_start`` /
+``on_job_end``.
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from harness.launch import progress
 from harness.run.config import ConfigError, check_forward, make_model, to_dict, validate
 from harness.run.faults import is_out_of_memory
 from harness.run.records import FINISHED, check_writable, read_record, record_path
@@ -80,8 +84,16 @@ def n_jobs_problem(launcher: DictConfig | None) -> str | None:
 def preflight(config: DictConfig, config_name: str | None) -> tuple[int, int, list[tuple[list[str], str]]]:
     """``(runs, finished, problems)`` of the sweep that ``config`` describes (runs too large to build
     here are logged and counted with those to run)."""
+    jobs, finished, problems = preflight_jobs(config, config_name)
+    return len(jobs), len(finished), problems
+
+
+def preflight_jobs(config: DictConfig, config_name: str | None) -> tuple[list[list[str]], list[list[str]],
+                                                                          list[tuple[list[str], str]]]:
+    """``(jobs, finished jobs, problems)``: every job's overrides, those of the jobs already finished,
+    and each job's configuration problem."""
     jobs = job_overrides(config)
-    finished, problems, folders = 0, [], {}
+    finished, problems, folders = [], [], {}
     for overrides in jobs:
         try:
             cfg = to_dict(compose(config_name=config_name, overrides=overrides))
@@ -90,7 +102,8 @@ def preflight(config: DictConfig, config_name: str | None) -> tuple[int, int, li
         except ConfigError as err:
             problems.append((overrides, str(err)))
             continue
-        finished += state == "finished"
+        if state == "finished":
+            finished.append(overrides)
         if state == "oom":
             log.warning("preflight: %s -> out of memory while building the model here; it will be recorded as oom",
                         " ".join(overrides))
@@ -98,7 +111,7 @@ def preflight(config: DictConfig, config_name: str | None) -> tuple[int, int, li
         problem = check_writable(Path(folder))
         if problem:
             problems.append((overrides, problem))
-    return len(jobs), finished, problems
+    return jobs, finished, problems
 
 
 class Preflight(Callback):
@@ -111,7 +124,8 @@ class Preflight(Callback):
             log.error("preflight: configuration error: %s; nothing was run", problem)
             raise SystemExit(2)
         try:
-            runs, finished, problems = preflight(config, kwargs.get("config_name"))
+            jobs, finished_jobs, problems = preflight_jobs(config, kwargs.get("config_name"))
+            runs, finished = len(jobs), len(finished_jobs)
         except Exception as err:  # noqa: BLE001 - the preflight's own clean stop, never a traceback
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             log.error("preflight: could not check the sweep (%s: %s); nothing was run", type(err).__name__, first)
@@ -123,3 +137,11 @@ class Preflight(Callback):
             raise SystemExit(2)
         log.info("preflight: %d runs, configs valid; %d finished (skipped unless force=true), %d to run",
                  runs, finished, runs - finished)
+        progress.begin(runs, finished_jobs)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        """A job of the basic launcher starts in this process: the sweep line (``harness.launch.progress``)."""
+        progress.job_started(list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        progress.job_ended(list(job_return.overrides or []), job_return.status == JobStatus.COMPLETED)

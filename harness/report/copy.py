@@ -7,7 +7,7 @@ and seconds to exact-match, token-accuracy and loss thresholds) and, where the r
 ``state_bits``, ``memory_bound`` (each model's decoding state in bits after the prompt at each
 evaluation length beside the ``L log2(alphabet)`` bits of the string, Jelassi et al.'s bound).
 Plots: exact match and token accuracy against length (training range shaded), loss against FLOPs
-and against peak memory.
+and against the activation memory saved per training step (the peak for older records).
 
 Runs are grouped by (mixer, protocol, the settings that vary) over seeds, so attention's
 ``mixer.position`` variants (RoPE, NoPE, Hard-ALiBi) stay apart; runs that did not finish are
@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.report.kit import (aligned_curves, flops_to_reach, group_key, hardware_label, legend_below, new_figure,
+from harness.report.kit import (aligned_curves, flops_to_reach, group_key, hardware_label, saved_bytes, memory_cells, legend_below, new_figure,
                                 percent_mean_std, plot_series, save_figure, series_labels, series_styles, sort_key,
                                 status_note, tidy_log_axis, time_to_reach, varying_keys, write_table)
 
@@ -64,7 +64,7 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
         row["eval loss (in-dist.)"] = (f"{sum(r['final']['loss_in'] for r in ok) / len(ok):.4f}" if ok else "-")
         for t in THRESHOLDS:
             row[f"FLOPs to {int(t * 100)}% exact"] = _reach(ok, t)
-        row["peak memory (MB)"] = (f"{max(r['memory']['peak_bytes'] for r in ok) / 2**20:.0f}" if ok else "-")
+        row.update(memory_cells(ok))  # activations saved per step (device independent) and the peak, labelled
         shared = max((r["config"].get("concurrent_runs", 1) for r in ok), default=1)
         row["tokens/s"] = (f"{sum(r['throughput']['tokens_per_s'] for r in ok) / len(ok):,.0f}"
                            + (f" ({shared} runs sharing the device)" if shared > 1 else "") if ok else "-")
@@ -190,22 +190,27 @@ def thresholds_table(records: list[dict], accuracy: tuple[float, ...] = THRESHOL
 
 
 def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """Final in-distribution evaluation loss against peak training memory, one point per run."""
+    """Final in-distribution evaluation loss against the activation memory autograd saves per training
+    step (device independent), one point per run; against the peak (labelled) for records written
+    before that was measured."""
     _, by_series, labels, styles = _series(records)
     fig, panels = _protocol_panels(records, "loss_vs_memory")
     ok = [r for r in records if r["status"] == "ok"]
     gpu = ok and ok[0]["environment"].get("device") == "cuda"
+    saved = bool(ok) and all(saved_bytes(r) is not None for r in ok)
     for i, (ax, protocol) in enumerate(panels):
         for s, runs in by_series.items():
             if s[0] != protocol:
                 continue
             style = styles[labels[s]]
-            mem = [r["memory"].get("activation_peak_bytes" if gpu else "peak_bytes", 0) / 2**20 for r in runs]
+            mem = [(saved_bytes(r) if saved else r["memory"].get("activation_peak_bytes" if gpu else "peak_bytes", 0)) / 2**20
+                   for r in runs]
             ax.scatter(mem, [max(r["final"]["loss_in"], 1e-6) for r in runs], color=style["color"],
                        marker=style["marker"], facecolors=style["markerfacecolor"], s=18, label=labels[s])
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("peak training memory (MB, " + ("activations" if gpu else "process RSS") + ")")
+        ax.set_xlabel("activation memory per step (MB saved for backward)" if saved else
+                      "peak training memory (MB, " + ("activations" if gpu else "process RSS") + ")")
         if i == 0:
             ax.set_ylabel("final eval loss, in-distribution")
         ax.set_title(f"{protocol} protocol")

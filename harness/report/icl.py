@@ -33,7 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 import tasks
 from harness.run.records import mixer_label
-from harness.report.kit import (REFERENCE_COLOR, flatten, hardware_label, legend_below, mean, mean_std, new_figure,
+from harness.report.kit import (REFERENCE_COLOR, flatten, hardware_label, memory_cells, legend_below, mean, mean_std, new_figure,
                                 plot_series, save_figure, series_labels, series_styles, sort_key,
                                 status_note, tidy_log_axis, varying_keys, write_table)
 from harness.run import eval_sets as frozen
@@ -94,6 +94,7 @@ def regression_report(records: list[dict], header: str, title: str, out_dir: Pat
             row[f"err/d k={k}"] = mean_std([curve(r, "err", n_points)[k] for r in ok])
         row["err/d mean over k"] = mean_std([r["final"]["eval"]["prompts"]["error"] for r in ok])
         row["left plateau"] = f"{sum(left_plateau(r, n_points) for r in ok)}/{len(ok)}" if ok else "-"
+        row.update(memory_cells(ok))
         rows.append(row)
     # the baselines are the same for every run (the prompts are the same); older records lack some
     baselines = [(prefix, name, style, marker) for prefix, name, style, marker in BASELINES
@@ -191,7 +192,7 @@ def language_report(records: list[dict], header: str, title: str, out_dir: Path)
                      "accuracy per token (%)": mean_std(per_token, 1, 100) if len(per_token) == len(scores) else "-",
                      "TVD": mean_std([s["tvd"] for s in scores]),
                      "L1 (RegBench's)": mean_std([s["l1"] for s in scores]),
-                     "eval loss": mean_std([r["final"]["eval"]["test"]["loss"] for r in ok])})
+                     "eval loss": mean_std([r["final"]["eval"]["test"]["loss"] for r in ok]), **memory_cells(ok)})
     by_set: dict[str, dict] = {}  # evaluation set id -> a record naming it
     for r in records:
         by_set.setdefault(r.get("eval_sets", {}).get("id") or frozen.set_id(r["config"]["task"]), r)

@@ -536,6 +536,7 @@ def generic_table(records: list[dict]) -> pd.DataFrame:
                 values = [r["final"]["eval"][name][metric] for r in ok]
                 row[f"{metric} {name} (%)" if percent_scale(metric) != 1 else f"{metric} {name}"] = (
                     percent_mean_std(values) if percent_scale(metric) != 1 else mean_std(values, digits=4))
+        row.update(memory_cells(ok))
         row["tokens/s"] = f"{mean([r['throughput']['tokens_per_s'] for r in ok]):,.0f}" if ok else "-"
         row["train time (s)"] = f"{mean([r['timing']['train_s'] for r in ok]):.0f}" if ok else "-"
         rows.append(row)
@@ -599,3 +600,24 @@ def generic_report(records: list[dict], benchmark: str, profile: str, out_dir: P
     if any(r["status"] == "ok" for r in records):
         written += plot_learning_curves(records, out_dir, f"{benchmark}, {hardware_label(first.get('environment', {}))}")
     return written
+
+
+SAVED_COLUMN = "activations saved (MB)"  # autograd's saved tensors in one training step: device independent
+
+
+def memory_cells(runs: list[dict]) -> dict[str, str]:
+    """The memory columns of a table row for the finished ``runs`` of one group: the activation memory
+    autograd saves per training step (mean; ``—`` for records written before it was measured), and
+    the peak labelled by what it is: ``GPU peak allocated (MB)`` or ``CPU peak RSS (MB)`` (the
+    process's resident memory, which measures the runtime more than the mixer)."""
+    saved = [r["memory"]["saved_bytes"] for r in runs if r.get("memory", {}).get("saved_bytes") is not None]
+    cells = {SAVED_COLUMN: f"{mean(saved) / 2**20:.1f}" if saved else "—"}
+    gpu = any(r.get("environment", {}).get("device") == "cuda" for r in runs)
+    peaks = [r["memory"]["peak_bytes"] for r in runs if r.get("memory", {}).get("peak_bytes") is not None]
+    cells["GPU peak allocated (MB)" if gpu else "CPU peak RSS (MB)"] = f"{max(peaks) / 2**20:.0f}" if peaks else "—"
+    return cells
+
+
+def saved_bytes(record: dict) -> float | None:
+    """A record's activation memory per training step (bytes autograd saves), None before it was measured."""
+    return record.get("memory", {}).get("saved_bytes")

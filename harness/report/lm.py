@@ -2,10 +2,11 @@
 
 - ``table``: one row per (task, mixer): parameter counts (the matching target, d_model and MLP
   width chosen), final evaluation loss (nats per token; bits per token for ``lm_text``, copy
-  accuracy for ``copy_text``), training FLOPs, peak memory and throughput, mean ± std over seeds;
+  accuracy for ``copy_text``), training FLOPs, activation memory saved per step and the peak (labelled GPU or CPU RSS), throughput, mean ± std over seeds;
 - ``loss_vs_flops``: evaluation loss against training FLOPs, a panel per task, a line per run;
-- ``loss_vs_memory``: final evaluation loss against peak training memory, a panel per task, a
-  point per mixer (GPU: peak allocated bytes; CPU: peak resident memory above the run's start).
+- ``loss_vs_memory``: final evaluation loss against the activation memory autograd saves per training
+  step, a panel per task, a point per mixer (records written before it was measured: the peak, GPU
+  allocated or CPU resident above the run's start).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness.run.records import mixer_label
-from harness.report.kit import (flatten, hardware_label, legend_below, mean, mean_std, new_figure, plot_series, save_figure,
+from harness.report.kit import (flatten, hardware_label, saved_bytes, memory_cells, legend_below, mean, mean_std, new_figure, plot_series, save_figure,
                                 series_labels, series_styles, sort_key, status_note, tidy_log_axis, varying_keys,
                                 write_table)
 
@@ -58,7 +59,7 @@ def table(records: list[dict]) -> pd.DataFrame:
         row["bits/token"] = mean_std([e["bits_per_token"] for e in evals]) if key[0] == "lm_text" else "-"
         row["copy acc (%)"] = mean_std([e["accuracy"] for e in evals], 1, 100) if key[0] == "copy_text" else "-"
         row["train FLOPs"] = f"{mean([r['train_flops'] for r in ok]):.2e}" if ok else "-"
-        row["peak memory (MB)"] = f"{mean([peak_memory(r) for r in ok]) / 2**20:.0f}" if ok else "-"
+        row.update(memory_cells(ok))  # activations saved per step (device independent) and the peak, labelled
         row["tokens/s"] = f"{mean([r['throughput']['tokens_per_s'] for r in ok]):,.0f}" if ok else "-"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -103,17 +104,20 @@ def plot_loss_vs_flops(records: list[dict], out_dir: Path, title: str) -> list[P
 
 
 def plot_loss_vs_memory(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """Final evaluation loss against peak training memory, a point per run (seed)."""
+    """Final evaluation loss against the activation memory autograd saves per training step (device
+    independent), a point per run (seed); against the peak for records written before that was measured."""
     fig, panels, labels, styles = _task_panels(records, "loss_vs_memory")
+    saved = all(saved_bytes(r) is not None for r in records if r["status"] == "ok")
     for ax, task, keyed in panels:
         for key, runs in keyed:
             ok = [r for r in runs if r["status"] == "ok"]
             if not ok:
                 continue
             style = styles[labels[key]]
-            ax.scatter([peak_memory(r) / 2**20 for r in ok], [r["final"]["eval"]["validation"]["loss"] for r in ok],
+            ax.scatter([(saved_bytes(r) if saved else peak_memory(r)) / 2**20 for r in ok], [r["final"]["eval"]["validation"]["loss"] for r in ok],
                        color=style["color"], marker=style["marker"], s=18, label=labels[key])
-        ax.set_xlabel("peak training memory (MB)")
+        ax.set_xlabel("activation memory per step (MB saved for backward)" if saved
+                      else "peak training memory (MB)")
         ax.set_ylabel("final eval loss (nats/token)")
         ax.set_title(task)
         ax.grid(alpha=0.3)

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.run.records import mixer_label
-from harness.report.kit import (REFERENCE_COLOR, SPREAD, flatten, hardware_label, legend_below, new_figure,
+from harness.report.kit import (REFERENCE_COLOR, SPREAD, flatten, hardware_label, memory_cells, legend_below, new_figure,
                                 percent_mean_std, plot_series, save_figure, series_labels, series_styles, sort_key,
                                 status_note, tidy_log_axis, varying_keys, write_table)
 
@@ -157,6 +157,7 @@ def tables(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["mean acc (%)"] = flagged([r["final"]["accuracy_all"] for r in ok], floor)
         row["converged"] = convergence_note(ok)
         row["state (values)"] = (first.get("state") or {}).get("values", "-")
+        row.update(memory_cells(ok))  # at the best learning rate
         row["lrs tried"] = ", ".join(f"{k:g}" for k in sorted(by_lr))
         rows.append(row)
         for each, runs in sorted(by_lr.items()):

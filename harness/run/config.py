@@ -21,8 +21,9 @@ from harness.run.matching import MatchError, match_parameters
 from harness.run.model import ACTIVATIONS, CHANNEL_MIXERS, INITS, ORDERS, POSITIONS, SequenceModel
 from harness.run import stack as stacks
 from harness.run.step import COMPILE_MODES
+from harness.run.tracking import logger_problem
 from harness.run.train import EXEMPTION_RULES, SCHEDULES, TrainConfig
-from harness.run.records import plain_name_problem
+from harness.run.records import CONF_DIR as CONF_PATH, config_default, plain_name_problem, published_problem
 import mixers
 import tasks
 from tasks.base import Task, TaskConfigError
@@ -34,6 +35,8 @@ GROUPS = ("mixer", "task", "model", "train")
 # Top-level fields besides the groups, with their types (conf/config.yaml holds their defaults).
 TOP_LEVEL = {"benchmark": str, "seed": int, "device": str, "results_dir": str, "force": bool,
              "concurrent_runs": int, "deterministic": bool, "save_weights": bool, "gpu": dict}
+# added after records were first written (older records' configs lack it): where the published records are
+TOP_LEVEL_OPTIONAL = {"published_dir": str, "logger": dict | None}
 MODEL = {"d_model": int, "n_layers": int, "mlp_ratio": float, "norm": str, "tie_embeddings": bool,
          "max_len": int | None}
 # optional backbone fields: parameter matching (conf/model/matched.yaml) and an explicit MLP width
@@ -46,7 +49,7 @@ GPU = {"jobs_per_gpu": int, "lock_dir": str}
 POSITIVE_MIXER_OPTIONS = ("heads", "headdim", "d_state", "d_conv", "expand", "ngroups", "chunk_size",
                           "subchunk_size", "block_size", "feature_dim", "rpe_dim", "rpe_layers")
 MAX_SEED = 2**63 - 1
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(CONF_PATH)
 
 
 class ConfigError(ValueError):
@@ -113,7 +116,7 @@ class Fields:
 # constructors' signatures (``mixers.options_of``, ``tasks.options_of``).
 SCHEMA = {"gpu": Fields(GPU, {"sizing": dict}), "model": Fields(MODEL, MODEL_OPTIONAL), "train": Fields.of(TrainConfig)}
 SCHEMA["config"] = Fields({**TOP_LEVEL, "mixer": Fields({}), "task": Fields({}), "model": SCHEMA["model"],
-                           "train": SCHEMA["train"]})
+                           "train": SCHEMA["train"]}, TOP_LEVEL_OPTIONAL)
 
 
 def sweep_mixers(*left_out: str) -> str:
@@ -218,6 +221,13 @@ def check_top_level(cfg: dict) -> None:
     _check(cfg["benchmark"] != "", "benchmark", "must be a non-empty name")
     _check_name("benchmark", cfg["benchmark"])  # it names the report's folder
     _check(cfg["results_dir"] != "", "results_dir", "must be a non-empty path")
+    _check(cfg.get("published_dir") != "", "published_dir", "must be a non-empty path")
+    problem = published_problem(cfg["results_dir"], cfg.get("published_dir") or config_default("published_dir"))
+    if problem:
+        raise ConfigError(problem)
+    problem = logger_problem(cfg.get("logger"))
+    if problem:
+        raise ConfigError(problem)
     _check(cfg["concurrent_runs"] >= 1, "concurrent_runs", f"must be an integer >= 1, got {cfg['concurrent_runs']}")
     SCHEMA["gpu"].check("gpu", cfg["gpu"], "gpu.")
     _check(cfg["gpu"]["jobs_per_gpu"] >= 1, "gpu.jobs_per_gpu",

@@ -38,6 +38,7 @@ from harness.run.faults import failed_fields, is_out_of_memory, oom_fields
 from harness.run.recipe import decoding_state, recipe
 from harness.run.records import (FINISHED, RunLock, check_writable, mixer_label, read_record, record_path, rerun_path,
                                  run_id, write_atomic)
+from harness.run.tracking import tracker
 from harness.run.train import Diverged, Part, train, untimed
 from harness.run.weights import keep as keep_weights
 
@@ -178,7 +179,7 @@ def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
     record = {"id": run_id(cfg), "status": "running", "config": cfg, "task_summary": task.summary(),
               "mixer": mixer_label(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     device = torch.device("cpu")  # the model is built on CPU
-    model = None
+    model = tracked = None
     try:
         with part("build"):
             model = make_model(cfg["model"], cfg["mixer"], task)  # on CPU; a mixer refusing its options is a ConfigError
@@ -207,9 +208,11 @@ def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
             with part("forward_check"):
                 check_forward(model, task, device, cfg["mixer"])  # options that build but cannot run: ConfigError
             generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+            tracked = tracker(cfg, path)  # logger=...: curves, config, final metrics (nothing by default)
             with part("train"):
                 result = train(model, task, train_cfg, device, generator,
-                               description=f"{record['mixer']}/{task.name}", eval_sets=sets, part=part)
+                               description=f"{record['mixer']}/{task.name}", eval_sets=sets, part=part,
+                               on_point=lambda point: tracked.safely("point", point))
             record.update(status="ok", final=result.final, curve=result.curve, timing=result.timing,
                           memory=result.memory, throughput=result.throughput, train_flops=result.train_flops,
                           steps_done=result.steps_done)
@@ -234,6 +237,8 @@ def execute_locked(cfg: dict, task, train_cfg, path: Path, part: Part) -> dict:
                     "is written beside it: %s", record["status"], previous["status"], path, target)
     with part("write"):
         write_atomic(target, record)
+    if tracked is not None:
+        tracked.safely("finish", record)
     log.info("%s: %s -> %s", record["status"], record["id"], target)
     if record["status"] == "ok":
         log.info("final: %s", {k: round(v, 4) for k, v in record["final"].items() if isinstance(v, float)})

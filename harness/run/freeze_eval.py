@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from harness.run import eval_sets as frozen
 from harness.run.config import ConfigError, make_task, to_dict
 from harness.run.execute import CONF_DIR
+from harness.run.records import published_problem
 
 
 def swept_tasks(overrides: list[str]) -> list[str]:
@@ -33,6 +34,9 @@ def swept_tasks(overrides: list[str]) -> list[str]:
 def freeze_for(overrides: list[str]) -> str:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = to_dict(compose(config_name="config", overrides=overrides))
+    problem = published_problem(cfg["results_dir"], cfg["published_dir"])
+    if problem:
+        raise ConfigError(problem)  # the published folder is read-only to the harness
     task = make_task(cfg["task"])
     existing = frozen.load(cfg["task"], cfg["results_dir"])
     if existing is not None:
@@ -41,7 +45,7 @@ def freeze_for(overrides: list[str]) -> str:
     return str(path)
 
 
-RELEVANT = ("experiment", "task", "results_dir")
+RELEVANT = ("experiment", "task", "results_dir", "published_dir")
 
 
 def relevant(override: str) -> bool:

@@ -1,7 +1,10 @@
-"""Peak memory of a run: CUDA allocator statistics on GPU, process peak RSS on CPU."""
+"""Memory of a run: the activation memory autograd saves for backward in one training step (device
+independent: it compares mixers), and the peak: CUDA allocator statistics on GPU, process peak RSS
+on CPU (which measures the runtime as much as the model)."""
 from __future__ import annotations
 
 import resource
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +21,32 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+@contextmanager
+def saved_activation_bytes():
+    """Counts the bytes of tensors autograd saves for backward inside the block (deterministic,
+    device-independent activation memory; a tensor saved twice counts twice)."""
+    total = {"bytes": 0}
+
+    def pack(t: torch.Tensor):
+        total["bytes"] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+SAVED_METHOD = "bytes autograd saves for backward in one eager forward + loss of the first training batch"
+
+
+def step_saved_bytes(forward_loss, batch) -> int:
+    """The bytes autograd saves for backward in ``forward_loss(batch)`` (the training step's forward and
+    loss, at its precision), measured eagerly and discarded: nothing is updated."""
+    with saved_activation_bytes() as saved:
+        loss = forward_loss(batch)
+    del loss  # frees the graph and what it saved before the real step
+    return saved["bytes"]
 
 
 class PeakMemory:

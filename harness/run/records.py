@@ -23,8 +23,9 @@ from pathlib import Path
 from harness.run.stack import file_label as stack_file_label
 from harness.run.stack import label as stack_label
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # every default (conf/config.yaml and its groups)
 # Keys that say where, how verbosely or on which GPU a run writes, not what it computes.
-NON_IDENTITY_KEYS = ("results_dir", "force", "concurrent_runs", "gpu")
+NON_IDENTITY_KEYS = ("results_dir", "published_dir", "force", "concurrent_runs", "gpu", "logger")
 NON_IDENTITY_TRAIN_KEYS = ("progress",)
 # Keys added after records were first written: at these values they are left out of the identity,
 # so that older records keep their ids (and are not rerun); any other value makes a new run.
@@ -73,6 +74,35 @@ def mixer_label(config: dict) -> str:
     """What a run's record and its reports call its mixers: the mixer's name, or a hybrid stack's
     (``gla×2+attention``: ``harness.run.stack.label``)."""
     return stack_label(config)
+
+
+def runs_folder(results_dir: Path | str) -> Path:
+    """Where the records of a results folder are: ``<results_dir>/runs/``."""
+    return Path(results_dir) / "runs"
+
+
+def config_default(key: str) -> str:
+    """conf/config.yaml's value of the top-level ``key`` (``results_dir``, ``published_dir``), for the
+    commands that are not Hydra applications (the report, the weights loader)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(CONF_DIR / "config.yaml")[key])
+
+
+def is_inside(path: Path | str, folder: Path | str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, symlinks resolved."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def published_problem(results_dir: Path | str, published_dir: Path | str) -> str | None:
+    """A problem naming ``results_dir`` when it is, or lies inside, ``published_dir``: the published
+    records are read-only to the harness (runs, frozen evaluation sets and weights never go there)."""
+    if not is_inside(results_dir, published_dir):
+        return None
+    return (f"results_dir: {results_dir} is inside published_dir ({published_dir}), the published records, which "
+            f"runs never write to; choose a folder of your own (the default is {config_default('results_dir')}); "
+            "to publish a record, copy it into <published_dir>/runs/ by hand")
 
 
 def record_path(runs_dir: Path, config: dict) -> Path:

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from harness.run.memory import step_saved_bytes
 from tasks.base import Batch, Task
 
 log = logging.getLogger("mixbench")
@@ -89,6 +90,11 @@ class StepRunner:
         if self.why:
             out.update(fallback_step=self.since, why=self.why)
         return out
+
+    def saved_bytes(self, batch: Batch) -> int:
+        """Bytes autograd saves for backward in this step's forward and loss on ``batch`` (eager, at the
+        step's precision, unpadded; the graph is dropped, nothing updated): ``memory.saved_bytes``."""
+        return step_saved_bytes(self._forward_loss, batch)
 
     def _forward_loss(self, batch: Batch) -> torch.Tensor:
         with self.autocast():

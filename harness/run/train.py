@@ -14,7 +14,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from harness.run.memory import PeakMemory
+from harness.run.memory import SAVED_METHOD, PeakMemory
 from harness.run.step import StepRunner
 from mixers.base import Mixer, conventional_exemptions
 from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
@@ -213,8 +213,9 @@ class Trainer:
     several in lockstep on the same batches, each exactly as ``train`` would."""
 
     def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device,
-                 eval_sets: dict[str, Batch] | None = None, part: Part = untimed):
+                 eval_sets: dict[str, Batch] | None = None, part: Part = untimed, on_point=None):
         self.model, self.task, self.cfg, self.device, self.part = model, task, cfg, device, part
+        self.on_point = on_point  # called with each learning-curve point (a tracker: harness.run.tracking)
         self.eval_sets = {k: v.to(device) for k, v in (task.eval_sets() if eval_sets is None else eval_sets).items()}
         self.optimizer = make_optimizer(model, cfg, device, capturable=cfg.compile == "cuda_graph")
         self.runner = step_runner(model, task, cfg, self.optimizer, device)
@@ -226,6 +227,7 @@ class Trainer:
         self.loss_window: list[torch.Tensor] = []
         self.started = time.perf_counter()
         self.status = ""
+        self.saved_bytes: int | None = None
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -234,6 +236,8 @@ class Trainer:
     def step(self, step: int, batch: Batch, data_s: float = 0.0) -> None:
         """Train on ``batch`` (step ``step``, 0-based), evaluate when due; raises ``Diverged``."""
         cfg, result = self.cfg, self.result_
+        if step == 0:  # activation memory of one step, before it (outside its clock)
+            self.saved_bytes = self.runner.saved_bytes(batch)
         t0 = time.perf_counter() - data_s
         loss = self.runner(batch, step)
         if step == 0:  # weights, their gradients and the optimizer state: the static part
@@ -270,6 +274,8 @@ class Trainer:
                  "train_time_s": self.train_time, "wall_s": time.perf_counter() - self.started,
                  "train_loss": train_loss, **summarise(task, per_set), "eval": per_set}
         result.curve.append(point)
+        if self.on_point is not None:
+            self.on_point(point)
         metric = next((k for k in ("accuracy_in", "error_in", "tvd_in") if k in point), None)
         self.status = f"loss {train_loss:.3f}" + (f" {metric} {point[metric]:.3f}" if metric else "")
 
@@ -280,7 +286,7 @@ class Trainer:
                          "eval_s": self.eval_time}
         result.throughput = {"train_tokens": self.tokens, "tokens_per_s": self.tokens / max(self.train_time, 1e-9),
                              "step": self.runner.info}
-        result.memory = self.memory.read()
+        result.memory = {**self.memory.read(), "saved_bytes": self.saved_bytes, "saved_method": SAVED_METHOD}
         return result
 
 
@@ -292,12 +298,13 @@ def draw_batch(task: Task, step: int, batch_size: int, generator: torch.Generato
 
 
 def train(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
-          description: str = "train", eval_sets: dict[str, Batch] | None = None, part: Part = untimed) -> TrainResult:
+          description: str = "train", eval_sets: dict[str, Batch] | None = None, part: Part = untimed,
+          on_point=None) -> TrainResult:
     """Train ``model`` on ``task`` and evaluate on ``eval_sets`` (the task's own when None, e.g. the
     frozen copies ``harness.run.eval_sets`` loads); raises ``Diverged`` on a non-finite training loss
     or a non-finite loss on an evaluation set. The
     record's ``throughput.step`` says how the step ran (``train.compile``, ``harness.run.step``)."""
-    trainer = Trainer(model, task, cfg, device, eval_sets, part)
+    trainer = Trainer(model, task, cfg, device, eval_sets, part, on_point)
     with progress_bar(cfg.progress) as bar:
         job = bar.add_task(description, total=cfg.steps, status="")
         for step in range(cfg.steps):

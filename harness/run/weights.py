@@ -22,7 +22,7 @@ from safetensors.torch import load_model, save_model
 
 from harness.run.config import make_model, validate
 from harness.run.model import SequenceModel
-from harness.run.records import read_record
+from harness.run.records import config_default, read_record
 from tasks.base import Task
 
 WEIGHTS_FOLDER = "weights"  # under results_dir

@@ -79,8 +79,9 @@ def test_harness_has_one_sub_package_per_role():
     packages = sorted(p.parent.name for p in (ROOT / "harness").glob("*/__init__.py"))
     assert packages == sorted(ROLES)
     loose = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
-    assert loose == ["__init__.py", "freeze_eval.py"], (
-        f"harness/ holds only the role packages and the freeze_eval entry point; move {loose} into one of {ROLES}")
+    assert loose == ["__init__.py", "command.py", "freeze_eval.py"], (
+        f"harness/ holds only the role packages and the entry points (the mixbench command, freeze_eval); "
+        f"move {loose} into one of {ROLES}")
 
 
 @pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(ROOT)))

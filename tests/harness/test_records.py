@@ -136,8 +136,8 @@ def test_stray_temporary_files_are_not_records(tmp_path):
 
 
 def test_every_shipped_record_keeps_its_id():
-    """Each record in results/runs/ is named by, and holds, the id its own config hashes to today."""
-    runs = sorted((Path(__file__).resolve().parents[2] / "results" / "runs").glob("*.json"))
+    """Each record in results/published/runs/ is named by, and holds, the id its own config hashes to today."""
+    runs = sorted((Path(__file__).resolve().parents[2] / "results" / "published" / "runs").glob("*.json"))
     assert runs, "no shipped records found"
     for path in runs:
         record = json.loads(path.read_text())

@@ -45,7 +45,8 @@ def test_report_writes_tables_and_plots(tmp_path, capsys):
     assert sorted(zip(table["mixer"], table["protocol"])) == [
         ("attention", "fixed"), ("attention", "variable"), ("tmm", "fixed"), ("tmm", "variable")]
     assert {"exact L2 (%)", "exact L8 (%)", "acc L2 (%)", "acc L8 (%)", "FLOPs to 90% exact", "FLOPs to 99% exact",
-            "params", "backend", "tokens/s", "peak memory (MB)"} <= set(table.columns)
+            "params", "backend", "tokens/s", "activations saved (MB)", "CPU peak RSS (MB)"} <= set(table.columns)
+    assert (table["activations saved (MB)"].astype(float) > 0).all()
     tmm_rows = table[table["mixer"] == "tmm"]
     assert any("1 oom" in note for note in tmm_rows["runs"])  # shown as a failure, not as zeros
     assert "±" in table["acc L4 (%)"].iloc[0]
@@ -127,4 +128,4 @@ def test_the_report_takes_results_dir_as_every_entry_point_does(tmp_path, capsys
         report.main(["--all", "--results-dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         report.main(["--all", "seed=1"])
-    assert "the only setting is results_dir=DIR" in capsys.readouterr().err
+    assert "the settings are results_dir=DIR, published_dir=DIR, reports_dir=DIR" in capsys.readouterr().err

@@ -178,7 +178,7 @@ def test_lm_report_shows_matched_counts_flops_and_memory(tmp_path):
     assert sorted(zip(table["task"], table["mixer"])) == [("copy_text", "attention"), ("copy_text", "tmm"),
                                                           ("lm_text", "attention"), ("lm_text", "tmm")]
     assert all(abs(p / 30000 - 1) <= 0.02 for p in table["params"]) and set(table["target"]) == {30000}
-    assert {"bits/token", "copy acc (%)", "train FLOPs", "peak memory (MB)"} <= set(table.columns)
+    assert {"bits/token", "copy acc (%)", "train FLOPs", "activations saved (MB)", "CPU peak RSS (MB)"} <= set(table.columns)
 
 
 def test_copy_report_headlines_exact_match_keeps_attention_variants_apart_and_bounds_memory(tmp_path):

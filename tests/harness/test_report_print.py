@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def shipped_cpu_copy() -> list[Path]:
     """The shipped records of the CPU copy benchmark (16 runs: 4 mixers x 2 protocols x 2 seeds)."""
     found = []
-    for path in sorted((ROOT / "results" / "runs").glob("copy-*.json")):
+    for path in sorted((ROOT / "results" / "published" / "runs").glob("copy-*.json")):
         config = json.loads(path.read_text())["config"]
         if config.get("benchmark") == "copy_benchmark" and config["train"]["profile"] == "cpu":
             found.append(path)
@@ -102,7 +102,7 @@ def shipped_copy_report(tmp_path_factory):
     (the folder, every file's bytes after the first pass)."""
     shipped = shipped_cpu_copy()
     if not shipped:
-        pytest.skip("no shipped CPU copy records under results/runs")
+        pytest.skip("no shipped CPU copy records under results/published/runs")
     root = tmp_path_factory.mktemp("shipped")
     (root / "runs").mkdir()
     for path in shipped:

@@ -113,6 +113,9 @@ def test_parallel_sweep_records_faults_and_goes_on(tmp_path):
                      "train.grad_clip=0", "train.lr=0.003,1e6", "train.steps=30", "train.eval_every=10",
                      "benchmark=faults", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/logs")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "sweep: 0/2 done (0 trained), 0 running, 2 left; ETA —" in log  # the whole sweep's line, from the slots
+    assert "sweep: 2/2 done (2 trained), 0 running, 0 left; ETA 0 s" in log
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
     by_lr = {r["config"]["train"]["lr"]: r for r in records}
     assert by_lr[0.003]["status"] == "ok"
@@ -131,3 +134,15 @@ def test_the_scaling_and_generation_benchmarks_measure_every_registered_mixer():
     generated = set(OmegaConf.load(conf / "generation.yaml")["mixers"])
     missing = sorted(set(mixers.available()) - generated)
     assert not missing, f"add {missing} to mixers: in conf/generation.yaml"
+
+
+def test_the_basic_launcher_shows_the_whole_sweep_and_what_finished_before(tmp_path):
+    args = ("train=test", *TINY, "mixer.heads=2", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/logs")
+    first = run_sweep("seed=0", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "sweep: 1/1 done (1 trained), 0 running, 0 left; ETA 0 s" in first.stdout + first.stderr
+    again = run_sweep("seed=0,1", *args)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep: 0/2 done (0 trained), 1 running, 1 left; ETA —" in log
+    assert "sweep: 2/2 done (1 trained, 1 finished before), 0 running, 0 left; ETA 0 s" in log

@@ -59,3 +59,21 @@ def test_the_untrained_twin_is_the_runs_initialisation(tmp_path):
     torch.manual_seed(cfg["seed"])  # what execute does before building the model
     expected = make_model(cfg["model"], cfg["mixer"], validate(cfg, check_device=False)[0])
     assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), expected.state_dict().values()))
+
+
+def test_a_trained_run_saves_and_loads_through_the_hub_mixin_locally(tmp_path):
+    from harness.run.hub import HubModel
+
+    cfg = make_config("mixer=tmm", "mixer.heads=2", "model.tie_embeddings=true", *TINY_AE, "save_weights=true",
+                      results_dir=tmp_path)
+    record = execute(cfg)
+    hub = HubModel.from_run(record["id"], tmp_path)
+    hub.save_pretrained(tmp_path / "hub")  # no network: a local folder
+    assert {"model.safetensors", "config.json"} <= {p.name for p in (tmp_path / "hub").iterdir()}
+    again = HubModel.from_pretrained(tmp_path / "hub")
+    trained, _, _ = load_trained(record["id"], tmp_path)
+    tokens = torch.randint(0, 8, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(again.eval()(tokens), trained(tokens))
+    assert again.run_config == cfg
+    assert again.model.head.weight.data_ptr() == again.model.embed.weight.data_ptr()  # tied weights stay tied
