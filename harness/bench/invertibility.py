@@ -189,14 +189,14 @@ def plot_winding(spectra: list[dict], out_dir: Path, points_per_tap: int = 64) -
     groups = list(dict.fromkeys((s["source"], s["state"]) for s in spectra))
     cols = min(4, len(groups)) or 1
     rows = math.ceil(len(groups) / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.7 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, group in zip(axes.flat, groups):
         for s in (s for s in spectra if (s["source"], s["state"]) == group):
             a = symbol_on_circle(s["vector"], max(2048, points_per_tap * len(s["vector"])))
             a = np.append(a, a[:1])
-            ax.plot(a.real, a.imag, linewidth=0.3)
+            ax.plot(a.real, a.imag, linewidth=0.3, rasterized=True)  # thousands of points: raster in the PDF
         ax.scatter([0], [0], color="red", s=6, zorder=3)
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_title(f"{group[0]}\n{group[1]}", fontsize=6)
@@ -206,30 +206,31 @@ def plot_winding(spectra: list[dict], out_dir: Path, points_per_tap: int = 64) -
 
 
 def plot_singular_values(spectra: list[dict], out_dir: Path) -> list[Path]:
-    """Singular values (descending, normalised by sigma_max, log scale) of a few kernels per model."""
-    import matplotlib.pyplot as plt
-    from harness.report.kit import mixer_colors
+    """Singular values (descending, normalised by sigma_max, log scale) of a few kernels per model: a
+    panel per task, each mixer in its own style (trained: solid; its random-init twin: faint, dotted),
+    the Kaiming-random vectors in grey in every panel."""
+    from harness.report.kit import REFERENCE_COLOR, legend_below, mixer_style, new_figure
 
-    labels = list(dict.fromkeys(s["mixer"] for s in spectra))
-    colors = mixer_colors(labels)
-    fig, axes = plt.subplots(1, 3, figsize=(9, 2.8), sharey=True)
-    panels = {TRAINED: axes[0], RANDOM: axes[1], KAIMING: axes[2]}
-    seen = set()
-    for s in spectra:
-        ax = panels[s["state"]]
-        sv = s["singular_values"] / max(s["singular_values"][0], 1e-300)
-        label = f"{s['mixer']} ({s['task']})" if (s["state"], s["mixer"], s["task"]) not in seen else None
-        seen.add((s["state"], s["mixer"], s["task"]))
-        ax.semilogy(np.arange(1, len(sv) + 1), np.maximum(sv, 1e-20), color=colors.get(s["mixer"], "black"),
-                    linewidth=0.6, alpha=0.8, label=label, linestyle="-" if s["task"] != "autoencode" else "--")
-    for state, ax in panels.items():
-        ax.set_title(state, fontsize=8)
-        ax.set_xlabel("singular value number", fontsize=7)
-        ax.tick_params(labelsize=6)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=5, frameon=False)
-    axes[0].set_ylabel(r"$\sigma_i / \sigma_{max}$", fontsize=7)
-    fig.tight_layout()
+    tasks = list(dict.fromkeys(s["task"] for s in spectra if s["state"] != KAIMING)) or ["-"]
+    fig, axes = new_figure("singular_values", 1, len(tasks), sharey=True)
+    kaiming = [s for s in spectra if s["state"] == KAIMING]
+    for ax, task in zip(axes[0], tasks):
+        for s in kaiming:
+            sv = s["singular_values"] / max(s["singular_values"][0], 1e-300)
+            ax.semilogy(np.arange(1, len(sv) + 1), np.maximum(sv, 1e-20), color=REFERENCE_COLOR, linewidth=0.5,
+                        alpha=0.6, label="Kaiming random")
+        for s in (s for s in spectra if s["task"] == task and s["state"] != KAIMING):
+            style = mixer_style(s["mixer"])
+            sv = s["singular_values"] / max(s["singular_values"][0], 1e-300)
+            trained = s["state"] == TRAINED
+            ax.semilogy(np.arange(1, len(sv) + 1), np.maximum(sv, 1e-20), color=style["color"],
+                        linewidth=0.8 if trained else 0.6, alpha=0.9 if trained else 0.45,
+                        linestyle="-" if trained else ":", label=f"{s['mixer']}" + ("" if trained else " (random init)"))
+        ax.set_title(task)
+        ax.set_xlabel("singular value number")
+        ax.grid(alpha=0.3, linewidth=0.4)
+    axes[0][0].set_ylabel(r"$\sigma_i / \sigma_{max}$")
+    legend_below(fig, title="trained: solid; random init: dotted; grey: Kaiming-random vectors")
     return save_figure(fig, out_dir, "singular_values")
 
 
