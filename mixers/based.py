@@ -131,10 +131,7 @@ class Based(Mixer):
 
     def _path(self, device: torch.device) -> str:
         """The implementation of the linear-attention branch that runs for inputs on ``device``."""
-        if self.impl != "auto":
-            return self.impl
-        on_fla = device.type == "cuda" and self._fla_fits and fla_kernels.fla_unavailable() is None
-        return "fla" if on_fla else "chunked"
+        return fla_kernels.choose_path(self.impl, device, self._fla_fits)
 
     @property
     def backend(self) -> str:

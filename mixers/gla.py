@@ -85,15 +85,11 @@ class GatedLinearAttention(Mixer):
 
     def _path(self, device: torch.device) -> str:
         """The implementation that runs for inputs on ``device``."""
-        if self.impl != "auto":
-            return self.impl
-        on_fla = device.type == "cuda" and self._fla_fits and fla_kernels.fla_unavailable() is None
-        return "fla" if on_fla else "chunked"
+        return fla_kernels.choose_path(self.impl, device, self._fla_fits)
 
     @property
     def backend(self) -> str:
-        path = self._path(self.o_proj.weight.device)
-        return "fla-chunk" if path == "fla" else f"torch-{path}"
+        return fla_kernels.chunk_backend(self._path(self.o_proj.weight.device))
 
     def _inputs(self, x: torch.Tensor, pattern: str):
         """q (scaled), k, v, log decays g <= 0 and the output gate, heads split by ``pattern``."""

@@ -100,11 +100,8 @@ class LinearAttention(Mixer):
     def _path(self, device: torch.device, length: int | None = None) -> str:
         """The implementation that runs for inputs on ``device`` of ``length`` tokens (None: any length up
         to ``fla_max_len``)."""
-        if self.impl != "auto":
-            return self.impl
         short = length is None or length <= self.fla_max_len
-        on_fla = device.type == "cuda" and short and self._fla_fits and fla_kernels.fla_unavailable() is None
-        return "fla" if on_fla else "chunked"
+        return fla_kernels.choose_path(self.impl, device, short and self._fla_fits)
 
     @property
     def backend(self) -> str:

@@ -109,6 +109,20 @@ def require_cuda_input(mixer: str, impl: str, x: torch.Tensor) -> None:
                            f"inputs (got {x.device}); use impl=auto or chunked on CPU")
 
 
+def choose_path(impl: str, device: torch.device, fits: bool) -> str:
+    """The path a mixer with fla kernels runs for inputs on ``device``: ``impl`` when it names one;
+    for ``auto``, ``fla`` on CUDA where fla imports and the shapes fit it (``fits``), ``chunked`` (the
+    PyTorch path) otherwise."""
+    if impl != "auto":
+        return impl
+    return "fla" if device.type == "cuda" and fits and fla_unavailable() is None else "chunked"
+
+
+def chunk_backend(path: str) -> str:
+    """The backend name a record gives a path of a mixer whose fla kernel is a chunked one."""
+    return "fla-chunk" if path == "fla" else f"torch-{path}"
+
+
 def normalise(numerator: torch.Tensor, denominator: torch.Tensor, eps: float) -> torch.Tensor:
     """``numerator (..., dv) / (denominator (...) + eps)`` in the numerator's dtype, as the PyTorch path
     (which divides the two columns of one output tensor)."""
