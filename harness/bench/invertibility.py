@@ -230,6 +230,7 @@ def plot_singular_values(spectra: list[dict], out_dir: Path) -> list[Path]:
         ax.set_xlabel("singular value number")
         ax.grid(alpha=0.3, linewidth=0.4)
     axes[0][0].set_ylabel(r"$\sigma_i / \sigma_{max}$")
+    fig.tight_layout()
     legend_below(fig, title="trained: solid; random init: dotted; grey: Kaiming-random vectors")
     return save_figure(fig, out_dir, "singular_values")
 

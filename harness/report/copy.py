@@ -26,7 +26,7 @@ from harness.report.kit import (aligned_curves, flops_to_reach, group_key, hardw
                                 status_note, tidy_log_axis, time_to_reach, varying_keys, write_table)
 
 THRESHOLDS = (0.9, 0.99)
-TRAINING_RANGE = "#FAF5CF"  # pale yellow (Okabe-Ito's yellow, lightened): unlike the grey seed bands
+TRAINING_RANGE = "0.92"  # very light grey behind the data: no mixer colour (the seed bands are tints of the mixers')
 HEADLINE = "exact_match"  # string-level exact match: the metric of the tables' first columns and of FLOPs to X%
 METRICS = ((HEADLINE, "exact"), ("accuracy", "acc"))  # (metric, column prefix), headline first
 
@@ -109,9 +109,9 @@ def plot_accuracy_vs_length(records: list[dict], out_dir: Path, title: str) -> l
         series = {s: runs for s, runs in by_series.items() if s[0] == protocol}
         lo, hi = next(iter(series.values()))[0]["task_summary"].get("train_lengths") or (None, None)
         if lo is not None and lo == hi:  # a single training length: mark it
-            ax.axvline(lo, color=TRAINING_RANGE, linewidth=5, label="training length", zorder=0)
+            ax.axvline(lo, color=TRAINING_RANGE, linewidth=5, label="training length(s)", zorder=0)
         elif lo is not None:
-            ax.axvspan(lo, hi, color=TRAINING_RANGE, label="training lengths", zorder=0)
+            ax.axvspan(lo, hi, color=TRAINING_RANGE, label="training length(s)", zorder=0)
         all_lengths: set[int] = set()
         for s, runs in series.items():
             names = list(runs[0]["final"]["eval"])
