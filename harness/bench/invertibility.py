@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +198,10 @@ def plot_winding(spectra: list[dict], out_dir: Path, points_per_tap: int = 64) -
             a = symbol_on_circle(s["vector"], max(2048, points_per_tap * len(s["vector"])))
             a = np.append(a, a[:1])
             ax.plot(a.real, a.imag, linewidth=0.3, rasterized=True)  # thousands of points: raster in the PDF
-        ax.scatter([0], [0], color="red", s=6, zorder=3)
+        ax.scatter([0], [0], color="black", marker="+", s=40, linewidths=1.0, zorder=3)
         ax.set_aspect("equal", adjustable="datalim")
-        ax.set_title(f"{group[0]}\n{group[1]}", fontsize=6)
-    fig.suptitle("Toeplitz symbols on the unit circle (red: origin)", fontsize=8)
+        ax.set_title(f"{re.sub(r'-[0-9a-f]{12}$', '', group[0])}\n{group[1]}", fontsize=6)  # the run id is in the table
+    fig.suptitle("Toeplitz symbols on the unit circle (+: origin)", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out_dir, "winding")
 
