@@ -420,8 +420,10 @@ class SequenceModel(nn.Module):
 
     @property
     def mixer_name(self) -> str:
-        """The mixers by name: ``gla×2+attention`` for a hybrid stack (``harness.run.stack.display_name``)."""
-        return display_name([{"name": name, **options} for name, options in self.layers])
+        """The mixers by name: ``gla×2+attention`` for a hybrid stack (``harness.run.stack.display_name``);
+        the mixer's own name where every layer is the same (a plain model, as ``harness.run.stack.label``)."""
+        layers = [{"name": name, **options} for name, options in self.layers]
+        return str(layers[0]["name"]) if all(layer == layers[0] for layer in layers) else display_name(layers)
 
     @property
     def backend(self) -> str:
