@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness.report.kit import (flatten, hardware_label, mixer_colors, percent_mean_std, save_figure, settings_label,
+from harness.report.kit import (flatten, hardware_label, legend_below, new_figure, percent_mean_std, save_figure,
+                                series_styles, settings_label, sort_key,
                                 status_note, varying_keys, write_table)
 
 BENCHMARKS = ("mad_benchmark",)  # every run of these benchmarks comes here, whatever its task
@@ -182,49 +182,56 @@ def grid_table(records: list[dict]) -> pd.DataFrame:
 
 
 def plot_scores(values: dict[str, dict[str, float]], out_dir: Path, title: str) -> list[Path]:
-    """Grouped bars: a group per task and one for the MAD score, a bar per model."""
-    models = sorted(values)
+    """Grouped bars in %: a group per task and one for the MAD score, a bar per model in its style
+    (colour, and its marker's hatch-free edge: the kit's one style per mixer)."""
+    models = sorted(values, key=sort_key)
     groups = task_order({t for v in values.values() for t in v if t != "MAD score"}) + ["MAD score"]
-    colors = mixer_colors(models)
-    fig, ax = plt.subplots(figsize=(1.4 * len(groups) + 2, 3.6))
+    styles = series_styles(models)
+    fig, axes = new_figure("scores")
+    ax = axes[0][0]
     bar = 0.8 / max(1, len(models))
     for i, model in enumerate(models):
         xs = [g + (i - (len(models) - 1) / 2) * bar for g in range(len(groups))]
-        ys = [values[model].get(group, float("nan")) for group in groups]
-        ax.bar(xs, ys, width=bar, color=colors[model], label=model)
-    ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups], fontsize=8)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("accuracy (best of the grid, mean over settings)")
+        ys = [100 * values[model].get(group, float("nan")) for group in groups]
+        ax.bar(xs, ys, width=bar, color=styles[model]["color"], label=model, linewidth=0)
+    ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups])
+    ax.set_ylim(0, 102)
+    ax.set_ylabel("test accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(4, max(1, len(models))))
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
     fig.tight_layout()
+    legend_below(fig, title="best of the lr x weight-decay grid, mean over a task's settings")
     return save_figure(fig, out_dir, "scores")
 
 
 def plot_settings(records: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """A panel per task: the best accuracy at each setting (in the table's order), a line per model."""
+    """A panel per task (three to a row): the best accuracy (%) at each setting (in the table's order),
+    a line per model in its style."""
     models, found = best_table(records)
     shown = shown_keys(list(found))
     tasks = task_order({t for _, t, _ in found})
-    colors = mixer_colors(models)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.6), squeeze=False, sharey=True)
-    for ax, task in zip(axes[0], tasks):
+    styles = series_styles(models)
+    columns = min(3, len(tasks)) or 1
+    rows = -(-len(tasks) // columns) or 1
+    fig, axes = new_figure("settings", rows, columns, sharey=True)
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    for ax, task in zip(axes.flat, tasks):
         items = sorted({s for _, t, s in found if t == task}, key=ordered)
         for model in models:
-            ys = [mean([accuracy(r) for r in found[(model, task, s)][1]]) if found.get((model, task, s), (0, []))[1]
+            ys = [100 * mean([accuracy(r) for r in found[(model, task, s)][1]]) if found.get((model, task, s), (0, []))[1]
                   else float("nan") for s in items]
-            ax.plot(range(len(items)), ys, marker="o", color=colors[model], label=model)
-        ax.set_xticks(range(len(items)), [setting_label(s, shown.get(task, set())) for s in items], rotation=60,
-                      ha="right", fontsize=6)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(task.replace("_", " "), fontsize=9)
+            ax.plot(range(len(items)), ys, label=model, **styles[model])
+        ax.set_xticks(range(len(items)), [setting_label(s, shown.get(task, set())) for s in items])
+        ax.set_xlim(-0.3, len(items) - 0.7)
+        ax.set_ylim(-2, 102)
+        ax.set_title(task.replace("_", " "))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (best of the grid)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(6, max(1, len(labels))))
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    for row in axes:
+        row[0].set_ylabel("test accuracy (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    legend_below(fig, title="best of the lr x weight-decay grid at each setting")
     return save_figure(fig, out_dir, "settings")
 
 
