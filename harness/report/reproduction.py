@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report.kit import hardware_label, mean, mean_std, settings_label, varying_keys, flatten
+from harness.report.kit import (flatten, hardware_label, mean, mean_std, percent_mean_std, percent_scale, settings_label,
+                                varying_keys)
 from harness.run.records import run_id
 
 # what the published and your runs may differ in and still be the same configuration
@@ -87,14 +88,18 @@ def compare(yours: list[dict], published: list[dict], absolute: float, relative:
                 ref = [r["final"]["eval"].get(name, {}).get(metric) for r in pub]
                 ref = [v for v in ref if v is not None]
                 mine = [v for v in mine if v is not None]
+                pct = percent_scale(metric) != 1  # fractions shown in %, as in every other table
+                shown = percent_mean_std if pct else (lambda values: mean_std(values, 4))
+                unit = {"unit": "%" if pct else "-"}
                 if not ref or not mine:
-                    rows.append({**base, "set": name, "metric": metric, "yours": mean_std(mine, 4),
-                                 "published": mean_std(ref, 4), "spread": "-",
+                    rows.append({**base, "set": name, "metric": metric, **unit, "yours": shown(mine),
+                                 "published": shown(ref), "spread": "-",
                                  "verdict": "not in the published records" if not ref else "not finite", **sides})
                     continue
                 low, high = spread(ref, absolute, relative)
-                rows.append({**base, "set": name, "metric": metric, "yours": mean_std(mine, 4),
-                             "published": mean_std(ref, 4), "spread": f"[{low:.4f}, {high:.4f}]",
+                scale = 100 if pct else 1
+                rows.append({**base, "set": name, "metric": metric, **unit, "yours": shown(mine), "published": shown(ref),
+                             "spread": f"[{scale * low:.1f}, {scale * high:.1f}]" if pct else f"[{low:.4f}, {high:.4f}]",
                              "verdict": verdict(mean(mine), low, high), **sides})
     return pd.DataFrame(rows)
 
