@@ -52,7 +52,7 @@ copy-benchmark selective-copy-benchmark: %-benchmark: setup  ## copy / selective
 	$(PY) -m harness.run --multirun +experiment=$(subst -,_,$*)_benchmark $(call launch,+experiment=$(subst -,_,$*)_benchmark) $(ARGS)
 	$(PY) -m harness.report --benchmark $(subst -,_,$*)_benchmark $(REPORT_ARGS)
 	@$(if $(and $(SIZE),$(filter copy,$*)),echo "CPU-only machine: trained seed(s) $(CPU_SEEDS) of each configuration \
-	(CPU_SEEDS=0,1 trains both published seeds); yours beside the published: reproduction.md, in the report folder printed above",true)
+	(CPU_SEEDS=0,1 trains both published seeds); yours beside the published: reproduction.md in the report folder printed above",true)
 
 # Multi-query associative recall (Zoology), in-context learning (regression, automata), language
 # modelling on local text at matched parameter counts: freeze the evaluation sets, sweep, report.
