@@ -248,8 +248,8 @@ matplotlib.rcParams.update(_rc())  # every figure a report draws: print sizes, T
 # Okabe & Ito's colour-blind-safe palette (yellow left out: too faint on white), ordered so that
 # neighbours in the registry differ in hue; grey stays free for reference lines
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "*", "h", "d", "H", "8", "+", "x", "1", "2", "3", "4",
-           "|", "_")  # filled shapes first; line markers past 14 mixers
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "*", "h", "d", "H", "1", "+", "x", "8", "2", "3", "4",
+           "|", "_")  # filled shapes first; the octagon (8) where its colour has no circle (it reads as one)
 LINESTYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (5, 1.5, 1, 1.5)))  # solid, dashed, dotted, dash-dot
 REFERENCE_COLOR = "0.45"  # reference lines (baselines, 1/K): grey, never a mixer's colour
 SPREAD = "band: min-max over seeds"  # what every figure's shaded band shows (its legend says so)
