@@ -90,6 +90,13 @@ class Task:
         set up for the training length (a ``train_len`` option) gets it from the backbone."""
         return self.max_input_len()
 
+    def max_scored_positions(self, length: int) -> int | None:
+        """At most how many positions of one example are scored (``mask`` True) in any training batch of
+        at most ``length`` positions, when that bound is known and far below ``length``; ``None`` (the
+        default) otherwise. The training step then applies the LM head to those positions alone
+        (``harness.run.step``): the same loss and gradients, without the logits of unscored positions."""
+        return None
+
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A fresh training batch on ``generator.device``, deterministic from the generator state."""
         raise NotImplementedError

@@ -134,6 +134,10 @@ class MQARTask(Task):
     def max_train_input_len(self) -> int:
         return max(s[0] for s in self.train_settings)
 
+    def max_scored_positions(self, length: int) -> int | None:
+        """Every key is queried once: a batch of ``seq_len <= length`` scores ``num_kv_pairs`` positions."""
+        return max((kv for n, kv in self.train_settings if n <= length), default=0)
+
     def _batch(self, batch: int, seq_len: int, kv: int, generator: torch.Generator) -> Batch:
         return mqar_batch(batch, seq_len, kv, self.vocab_size, self.power_a, self.random_non_queries, generator)
 

@@ -20,7 +20,7 @@ from harness.run.faults import is_out_of_memory
 from harness.run.matching import MatchError, match_parameters
 from harness.run.model import ACTIVATIONS, CHANNEL_MIXERS, INITS, ORDERS, POSITIONS, SequenceModel
 from harness.run import stack as stacks
-from harness.run.step import COMPILE_MODES
+from harness.run.step import COMPILE_MODES, HEAD_POSITIONS
 from harness.run.tracking import logger_problem
 from harness.run.train import EXEMPTION_RULES, SCHEDULES, TrainConfig
 from harness.run.records import CONF_DIR as CONF_PATH, config_default, plain_name_problem, published_problem
@@ -268,6 +268,8 @@ def make_train_config(train_cfg: dict) -> TrainConfig:
     _check(tc.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
     _check(tc.threads is None or tc.threads >= 1, "train.threads", f"must be null or an integer >= 1, got {tc.threads}")
     _check(tc.compile in COMPILE_MODES, "train.compile", f"must be one of {', '.join(COMPILE_MODES)}, got {tc.compile!r}")
+    _check(tc.head_positions in HEAD_POSITIONS, "train.head_positions",
+           f"must be one of {', '.join(HEAD_POSITIONS)}, got {tc.head_positions!r}")
     return tc
 
 

@@ -363,6 +363,11 @@ class SequenceModel(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens (batch, n)`` (or ``(batch, n, input_dim)``) -> ``logits (batch, n, vocab)`` (or
         ``(batch, n, output_dim)``)."""
+        return self.head(self.features(tokens))
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What the head reads: ``tokens (batch, n)`` -> the final-normed states ``(batch, n, d_model)``;
+        ``forward`` is ``head(features(tokens))``."""
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"input of {tokens.shape[1]} tokens exceeds model.max_len={self.max_len}")
         x = self.read_in(tokens, 0)
@@ -370,7 +375,7 @@ class SequenceModel(nn.Module):
             x = block(x)
         if self.decoder is not None:
             x = self.decoder(x)
-        return self.head(self.norm(x))
+        return self.norm(x)
 
     def read_in(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Embedded ``tokens (batch, n)`` (or ``(batch, n, input_dim)``) at positions ``start..start+n-1``:

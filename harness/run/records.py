@@ -35,7 +35,7 @@ ADDED_KEYS = {"deterministic": False, "model.position": "none", "task.curriculum
               "mixer.position": "rope", "mixer.masked_heads": 2, "task.train_automata": None,
               "task.eos": False, "task.packed_length": None, "model.init": "reference", "model.short_conv": 0,
               "model.order": "mixer_first", "model.mlp_activation": "gelu", "model.final_norm": True,
-              "train.schedule": "cosine", "train.compile": "none",
+              "train.schedule": "cosine", "train.compile": "none", "train.head_positions": "scored",
               "save_weights": False, "model.stack": None, "model.channel_mixer": "mlp", "model.swiglu_multiple_of": 16}
 # Statuses that are a result of the config (skipped on a rerun unless force=true); ``oom`` and
 # ``failed`` depend on the machine or the code, so a rerun tries them again.

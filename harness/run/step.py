@@ -14,6 +14,15 @@ the last position (``readout="last"``), where padding would move that position.
   tensor learning rates) captured once per bucket after ``GRAPH_WARMUP`` eager steps of that bucket,
   then replayed: one launch per step. CUDA only.
 
+The LM head (``train.head_positions``): ``scored`` applies it only to the positions the loss scores
+when the task bounds how many there are (``Task.max_scored_positions``, e.g. MQAR's queries: 4-64
+of 64-256 positions) and the task's loss is the default masked cross-entropy: each example's
+scored positions are gathered (a fixed count per padded length, so shapes still repeat), then the
+head and the loss run on those alone. The same terms, so the same loss and gradients up to rounding,
+without the logits of positions whose loss weight is zero (at vocabulary 8,192 these were most of
+a small model's step). ``all``: the head on every position, as before. Evaluation always runs the
+whole head. ``info["head"]`` says which ran.
+
 A mixer that cannot be compiled or captured (a host sync, an op dynamo or the capture refuses)
 falls back to eager at the step where it failed, and ``StepRunner.info`` says which mode ran, why,
 and from which step.
@@ -31,6 +40,7 @@ from tasks.base import Batch, Task
 
 log = logging.getLogger("mixbench")
 COMPILE_MODES = ("none", "compile", "cuda_graph")
+HEAD_POSITIONS = ("scored", "all")
 GRAPH_WARMUP = 3  # eager steps per bucket before its capture (cuBLAS handles, autotuning, optimizer state)
 
 
@@ -38,6 +48,15 @@ def bucket_length(length: int, longest: int) -> int:
     """The padded length of a batch of ``length`` positions: the next power of two, capped at
     ``longest`` (the task's longest training input) and never below ``length``."""
     return max(length, min(1 << (length - 1).bit_length(), longest))
+
+
+def scored_only(batch: Batch, count: int) -> tuple[torch.Tensor, Batch]:
+    """The first ``count`` scored positions of every example, in order: their ``index (batch, count)``
+    and the batch's ``targets`` and ``mask`` gathered there (padding slots, where an example has fewer,
+    unscored). ``count`` must bound the scored positions of every example (not checked here: a device
+    sync; ``tests/harness/test_step.py`` checks every task's bound)."""
+    index = torch.argsort((~batch.mask).to(torch.int8), dim=1, stable=True)[:, :count]
+    return index, Batch(batch.inputs, batch.targets.gather(1, index), batch.mask.gather(1, index), {})
 
 
 def pad_batch(batch: Batch, length: int) -> Batch:
@@ -65,15 +84,21 @@ class StepRunner:
 
     def __init__(self, mode: str, model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
                  base_lrs: list[float], lr_at: Callable[[int], float], grad_clip: float, autocast: Callable,
-                 device: torch.device):
+                 device: torch.device, head_positions: str = "all"):
         if mode not in COMPILE_MODES:
             raise ValueError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+        if head_positions not in HEAD_POSITIONS:
+            raise ValueError(f"train.head_positions must be one of {', '.join(HEAD_POSITIONS)}, got {head_positions!r}")
         if mode == "cuda_graph" and device.type != "cuda":
             raise ValueError(f"train.compile=cuda_graph needs a CUDA device, this run's is {device}")
         self.mode, self.ran, self.why, self.since = mode, mode, "", 0
         self.model, self.task, self.optimizer, self.base_lrs = model, task, optimizer, base_lrs
         self.lr_at, self.grad_clip, self.autocast, self.device = lr_at, grad_clip, autocast, device
         self.longest = task.max_train_input_len()
+        # the head on the scored positions alone: asked for, a default loss and a model that has features()
+        self.scored_head = (head_positions == "scored" and type(task).loss is Task.loss
+                            and hasattr(model, "features") and getattr(task, "output_kind", "tokens") == "tokens")
+        self.head_ran: set[str] = set()
         self.buckets: set[int] = set()
         self._compiled = None
         self._graphs: dict[tuple, dict] = {}  # shape key -> {"seen": eager steps, "graph", "static", "loss"}
@@ -86,7 +111,8 @@ class StepRunner:
     @property
     def info(self) -> dict:
         """What a record says: the mode asked for, the mode that ran, why it differs, the padded lengths."""
-        out = {"asked": self.mode, "ran": self.ran, "buckets": sorted(self.buckets)}
+        out = {"asked": self.mode, "ran": self.ran, "buckets": sorted(self.buckets),
+               "head": "+".join(sorted(self.head_ran)) or "all"}
         if self.why:
             out.update(fallback_step=self.since, why=self.why)
         return out
@@ -96,10 +122,28 @@ class StepRunner:
         step's precision, unpadded; the graph is dropped, nothing updated): ``memory.saved_bytes``."""
         return step_saved_bytes(self._forward_loss, batch)
 
+    def _scored_count(self, length: int) -> int | None:
+        """How many positions per example the head reads for a batch of ``length`` positions, or
+        ``None``: the whole head (not asked for, no bound, or a bound above half the length)."""
+        if not self.scored_head:
+            return None
+        count = self.task.max_scored_positions(length)
+        return count if count is not None and 0 < count <= length // 2 else None
+
     def _forward_loss(self, batch: Batch) -> torch.Tensor:
+        count = self._scored_count(batch.inputs.shape[1])
+        if count is None:
+            self.head_ran.add("all")
+            with self.autocast():
+                outputs = self.model(batch.inputs)
+            return self.task.loss(outputs, batch)  # outside autocast, as train_step computes it
+        self.head_ran.add("scored")
+        index, scored = scored_only(batch, count)
         with self.autocast():
-            outputs = self.model(batch.inputs)
-        return self.task.loss(outputs, batch)  # outside autocast, as train_step computes it
+            states = self.model.features(batch.inputs)
+            states = states.gather(1, index[..., None].expand(-1, -1, states.shape[-1]))
+            outputs = self.model.head(states)
+        return self.task.loss(outputs, scored)
 
     def _set_lr(self, step: int) -> None:
         factor = self.lr_at(step)

@@ -59,6 +59,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     compile: str = "none"  # none | compile | cuda_graph (harness.run.step)
+    head_positions: str = "all"  # scored | all: where the LM head runs in training (harness.run.step)
 
 
 @dataclass
@@ -151,7 +152,8 @@ def step_runner(model: nn.Module, task: Task, cfg: TrainConfig, optimizer: torch
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     return StepRunner(cfg.compile, model, task, optimizer, base_lrs,
                       lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.schedule), cfg.grad_clip,
-                      lambda: autocast_context(device, cfg.precision, cfg.compile != "cuda_graph"), device)
+                      lambda: autocast_context(device, cfg.precision, cfg.compile != "cuda_graph"), device,
+                      cfg.head_positions)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,

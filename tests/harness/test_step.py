@@ -10,8 +10,8 @@ import torch
 from harness.run.config import ConfigError, make_model, validate
 from harness.run.execute import execute
 from harness.run.records import run_id
-from harness.run.step import bucket_length, pad_batch
-from harness.run.train import train
+from harness.run.step import bucket_length, pad_batch, scored_only
+from harness.run.train import make_optimizer, step_runner, train
 from tests.harness.helpers import TINY, make_config
 
 # copy draws batches of varying width on CPU: padding and buckets are exercised
@@ -64,7 +64,7 @@ def test_compile_trains_as_eager_does():
     CPU cores, almost all of it inductor compiling one graph per bucket)."""
     eager, eager_info = losses(make_config(*STEP_RUN))
     compiled, info = losses(make_config(*STEP_RUN, "train.compile=compile"))
-    assert eager_info == {"asked": "none", "ran": "none", "buckets": []}
+    assert eager_info == {"asked": "none", "ran": "none", "buckets": [], "head": "all"}
     assert info["asked"] == "compile" and info["ran"] == "compile", info
     assert set(info["buckets"]) <= {4, 8, 13} and info["buckets"]
     torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=COMPILE_RTOL, atol=0)
@@ -95,7 +95,72 @@ def test_compile_mode_is_checked_and_none_keeps_record_ids():
 
 def test_the_record_says_how_the_step_ran(tmp_path):
     record = execute(make_config(*TINY, results_dir=tmp_path))
-    assert record["throughput"]["step"] == {"asked": "none", "ran": "none", "buckets": []}
+    assert record["throughput"]["step"] == {"asked": "none", "ran": "none", "buckets": [], "head": "all"}
+
+
+# MQAR's mixture (4-16 queries in 32-64 positions), small enough for the suite
+MQAR_RUN = ("task=mqar", "task.vocab_size=128", "task.train_settings=[[32,4],[64,8],[64,16]]",
+            "task.train_weights=[1,1,1]", "task.test_settings=[[64,8]]", "task.eval_samples=8", "model.d_model=16",
+            "model.n_layers=2", "train.batch_size=8", "train.steps=4", "train.eval_every=2", "train.warmup_steps=1")
+
+
+def test_scored_only_gathers_every_scored_position_in_order():
+    mask = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    targets = torch.arange(12).view(2, 6)
+    from tasks.base import Batch
+    index, scored = scored_only(Batch(targets, targets, mask), 3)
+    assert index[0].tolist() == [1, 3, 4] and index[1, :2].tolist() == [0, 5]
+    assert scored.targets[0].tolist() == [1, 3, 4] and scored.mask.tolist() == [[True] * 3, [True, True, False]]
+
+
+def test_every_tasks_scored_bound_holds(generator):
+    """``Task.max_scored_positions`` bounds the scored positions of every training batch it covers."""
+    for args in (MQAR_RUN, ("task=mqar", "task.train_settings=[[64,4]]", "task.train_weights=[1]"),
+                 ("task=copy",), ("task=lm_text",), ("task=noisy_recall",), ("task=selective_copy",)):
+        task, _ = validate(make_config(*args))
+        for _ in range(30):
+            batch = task.train_batch(16, generator)
+            bound = task.max_scored_positions(batch.inputs.shape[1])
+            if bound is not None:
+                assert int(batch.mask.sum(1).max()) <= bound, args
+
+
+@pytest.mark.parametrize("mixer", ["attention", "tmm", "mamba"])
+def test_the_head_on_scored_positions_gives_the_whole_heads_loss_and_gradients(mixer, generator):
+    """One training step's loss and every parameter's gradient, with the LM head on the scored
+    positions alone and on every position, on MQAR's mixture batches (4 of 32, 16 of 64 scored)."""
+    cfg = make_config(*MQAR_RUN, f"mixer={mixer}", *(["mixer.headdim=8"] if mixer == "mamba" else []))
+    task, train_cfg = validate(cfg)
+    torch.manual_seed(0)
+    model = make_model(cfg["model"], cfg["mixer"], task)
+    for _ in range(4):
+        batch = task.train_batch(4, generator)
+        grads = {}
+        for head in ("all", "scored"):
+            runner = step_runner(model, task, train_cfg.__class__(**{**vars(train_cfg), "head_positions": head}),
+                                 make_optimizer(model, train_cfg, torch.device("cpu")), torch.device("cpu"))
+            model.zero_grad()
+            loss = runner._forward_loss(batch)
+            loss.backward()
+            grads[head] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+            assert runner.info["head"] == head
+        torch.testing.assert_close(grads["scored"][0], grads["all"][0], rtol=1e-5, atol=1e-7)
+        for a, b in zip(grads["scored"][1], grads["all"][1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_a_run_with_the_scored_head_trains_as_with_the_whole_head():
+    """Whole MQAR runs, scored head vs whole head: the same losses at every evaluation; the record says
+    which head ran; the default (scored) keeps the ids of records written before the option."""
+    whole, whole_info = losses(make_config(*MQAR_RUN, "train.head_positions=all"))
+    scored, info = losses(make_config(*MQAR_RUN))
+    assert whole_info["head"] == "all" and info["head"] == "scored"
+    torch.testing.assert_close(torch.tensor(scored), torch.tensor(whole), rtol=1e-4, atol=0)
+    cfg = make_config(*MQAR_RUN)
+    old = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "head_positions"}}
+    assert run_id(cfg) == run_id(old) != run_id(make_config(*MQAR_RUN, "train.head_positions=all"))
+    with pytest.raises(ConfigError, match=r"train\.head_positions: must be one of scored, all"):
+        validate(make_config(*TINY, "train.head_positions=some"))
 
 
 @pytest.mark.gpu
@@ -110,4 +175,16 @@ def test_cuda_graph_trains_as_eager_does(mixer):
     eager, _ = losses(make_config(*run), torch.device("cuda"))
     graphed, info = losses(make_config(*run, "train.compile=cuda_graph"), torch.device("cuda"))
     assert info["ran"] == "cuda_graph", info
+    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-3, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_with_the_scored_head_trains_as_eager_with_the_whole_head():
+    """MQAR's mixture as a CUDA graph with the head on the scored positions (fp32): the losses of an
+    eager run with the whole head, within 1e-3 relative."""
+    run = (*MQAR_RUN, "mixer=attention", "device=cuda", "train.precision=fp32", "train.steps=12", "train.eval_every=4")
+    eager, _ = losses(make_config(*run, "train.head_positions=all"), torch.device("cuda"))
+    graphed, info = losses(make_config(*run, "train.compile=cuda_graph"), torch.device("cuda"))
+    assert info["ran"] == "cuda_graph" and info["head"] == "scored", info
     torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-3, atol=0)
