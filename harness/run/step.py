@@ -59,6 +59,24 @@ def scored_only(batch: Batch, count: int) -> tuple[torch.Tensor, Batch]:
     return index, Batch(batch.inputs, batch.targets.gather(1, index), batch.mask.gather(1, index), {})
 
 
+def scored_head_applies(model: nn.Module, task: Task) -> bool:
+    """Whether the LM head may run on the scored positions alone: the task bounds them
+    (``Task.max_scored_positions``), scores with the default masked cross-entropy and token outputs
+    (so its metrics read the scored positions alone), and the model exposes ``features``."""
+    return (type(task).loss is Task.loss and getattr(task, "output_kind", "tokens") == "tokens"
+            and type(task).max_scored_positions is not Task.max_scored_positions and hasattr(model, "features"))
+
+
+def head_on_scored(model: nn.Module, batch: Batch, count: int, autocast: Callable) -> tuple[torch.Tensor, Batch]:
+    """The model's outputs ``(batch, count, vocab)`` at the first ``count`` scored positions of every
+    example (``scored_only``), and the batch's targets and mask gathered there."""
+    index, scored = scored_only(batch, count)
+    with autocast():
+        states = model.features(batch.inputs)
+        states = states.gather(1, index[..., None].expand(-1, -1, states.shape[-1]))
+        return model.head(states), scored
+
+
 def pad_batch(batch: Batch, length: int) -> Batch:
     """``batch`` padded at the end of dimension 1 to ``length`` positions: inputs and targets with
     zeros, ``mask`` with False (unscored), extras whose dimension 1 is the sequence likewise."""
@@ -96,8 +114,7 @@ class StepRunner:
         self.lr_at, self.grad_clip, self.autocast, self.device = lr_at, grad_clip, autocast, device
         self.longest = task.max_train_input_len()
         # the head on the scored positions alone: asked for, a default loss and a model that has features()
-        self.scored_head = (head_positions == "scored" and type(task).loss is Task.loss
-                            and hasattr(model, "features") and getattr(task, "output_kind", "tokens") == "tokens")
+        self.scored_head = head_positions == "scored" and scored_head_applies(model, task)
         self.head_ran: set[str] = set()
         self.buckets: set[int] = set()
         self._compiled = None
@@ -138,11 +155,7 @@ class StepRunner:
                 outputs = self.model(batch.inputs)
             return self.task.loss(outputs, batch)  # outside autocast, as train_step computes it
         self.head_ran.add("scored")
-        index, scored = scored_only(batch, count)
-        with self.autocast():
-            states = self.model.features(batch.inputs)
-            states = states.gather(1, index[..., None].expand(-1, -1, states.shape[-1]))
-            outputs = self.model.head(states)
+        outputs, scored = head_on_scored(self.model, batch, count, self.autocast)
         return self.task.loss(outputs, scored)
 
     def _set_lr(self, step: int) -> None:

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from harness.run.memory import SAVED_METHOD, PeakMemory
-from harness.run.step import StepRunner
+from harness.run.step import StepRunner, head_on_scored, scored_head_applies
 from mixers.base import Mixer, conventional_exemptions
 from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
 
@@ -169,16 +169,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, eval_sets: dict[str, Batch], batch_size: int, device: torch.device,
              precision: str) -> dict[str, dict[str, float]]:
-    """Loss and the task's metrics on every evaluation set, averaged over its examples."""
+    """Loss and the task's metrics on every evaluation set, averaged over its examples. Where the task
+    bounds its scored positions (``harness.run.step.scored_head_applies``) the head runs on the
+    scored positions of each batch alone: the same loss and metrics."""
     model.eval()
+    on_scored = scored_head_applies(model, task)
     results = {}
     for name, full in eval_sets.items():
         sums: dict[str, float] = {}
         loss_sum, scored = 0.0, 0.0
         for start in range(0, len(full), batch_size):
             batch = full.slice(start, start + batch_size)
-            with autocast_context(device, precision):
-                logits = model(batch.inputs)
+            most = int(batch.mask.sum(1).max()) if on_scored else 0
+            if on_scored and 0 < most <= batch.inputs.shape[1] // 2:  # the head where the metrics look
+                logits, batch = head_on_scored(model, batch, most, lambda: autocast_context(device, precision))
+            else:
+                with autocast_context(device, precision):
+                    logits = model(batch.inputs)
             count = float(batch.mask.sum())
             loss_sum += float(task.loss(logits, batch)) * count
             scored += count

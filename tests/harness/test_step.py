@@ -149,6 +149,23 @@ def test_the_head_on_scored_positions_gives_the_whole_heads_loss_and_gradients(m
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_evaluation_on_scored_positions_gives_the_whole_heads_loss_and_metrics(monkeypatch):
+    """MQAR's evaluation sets (4 of 32 and 24 of 120 positions scored): loss and accuracy with the head
+    on the scored positions equal those of the whole head."""
+    from harness.run import train as train_module
+    cfg = make_config(*MQAR_RUN, "task.test_settings=[[32,4],[120,24]]")
+    task, _ = validate(cfg)
+    torch.manual_seed(0)
+    model = make_model(cfg["model"], cfg["mixer"], task)
+    sets = task.eval_sets()
+    scored = train_module.evaluate(model, task, sets, 3, torch.device("cpu"), "fp32")
+    monkeypatch.setattr(train_module, "scored_head_applies", lambda m, t: False)
+    whole = train_module.evaluate(model, task, sets, 3, torch.device("cpu"), "fp32")
+    for name in sets:
+        for key in whole[name]:
+            assert abs(scored[name][key] - whole[name][key]) <= 1e-5 * max(1.0, abs(whole[name][key])), (name, key)
+
+
 def test_a_run_with_the_scored_head_trains_as_with_the_whole_head():
     """Whole MQAR runs, scored head vs whole head: the same losses at every evaluation; the record says
     which head ran; the default (scored) keeps the ids of records written before the option."""
