@@ -55,7 +55,14 @@ def scored_only(batch: Batch, count: int) -> tuple[torch.Tensor, Batch]:
     and the batch's ``targets`` and ``mask`` gathered there (padding slots, where an example has fewer,
     unscored). ``count`` must bound the scored positions of every example (not checked here: a device
     sync; ``tests/harness/test_step.py`` checks every task's bound)."""
-    index = torch.argsort((~batch.mask).to(torch.int8), dim=1, stable=True)[:, :count]
+    mask = batch.mask
+    # each position's slot: scored ones first, in order, then the unscored, in order (a permutation of
+    # 0..n-1 per example, which a stable sort of ~mask would give; cumulative sums are cheaper and capturable)
+    scored_rank = mask.long().cumsum(1) - 1
+    unscored_rank = (~mask).long().cumsum(1) - 1 + mask.sum(1, keepdim=True)
+    slot = torch.where(mask, scored_rank, unscored_rank)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(slot)
+    index = torch.empty_like(slot).scatter_(1, slot, positions)[:, :count]
     return index, Batch(batch.inputs, batch.targets.gather(1, index), batch.mask.gather(1, index), {})
 
 
