@@ -104,7 +104,9 @@ def main_with(cfg: dict) -> dict:
     if unknown:
         raise ConfigError(f"modes: unknown mode(s) {unknown}; valid: {', '.join(MODES)}")
     device = "cuda" if "device=cuda" in profile["overrides"] else "cpu"
-    rows = []
+    rows: list[dict] = []
+    result = {"config": cfg, "profile": name, "environment": environment(torch.device(device)), "rows": rows}
+    out_dir = results_folder(cfg["results_dir"], "throughput") / hardware_name(device)
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         for setting, overrides in cfg["settings"].items():
             if not overrides:
@@ -123,13 +125,16 @@ def main_with(cfg: dict) -> dict:
                         row.update(error=f"{type(err).__name__}: {str(err).strip()[:300]}")
                     log.info("throughput: %s", {k: v for k, v in row.items() if k != "ids"})
                     rows.append(row)
-    result = {"config": cfg, "profile": name, "environment": environment(torch.device(device)), "rows": rows}
-    out_dir = results_folder(cfg["results_dir"], "throughput") / hardware_name(device)
-    write_atomic(out_dir / "measurements.json", result)
-    (out_dir / "table.md").write_text(table(rows))
+                    write_measurements(out_dir, result)  # after every row: a run cut short keeps what it measured
     log.info("wrote %s", out_dir / "table.md")
     print(table(rows))
     return result
+
+
+def write_measurements(out_dir: Path, result: dict) -> None:
+    """``measurements.json`` (atomically) and its ``table.md``, of the rows measured so far."""
+    write_atomic(out_dir / "measurements.json", result)
+    (out_dir / "table.md").write_text(table(result["rows"]))
 
 
 def config(argv: list[str]) -> dict:
