@@ -31,7 +31,10 @@ def saved_activation_bytes():
 
     def pack(t: torch.Tensor):
         total["bytes"] += t.numel() * t.element_size()
-        return t
+        # detached: a saved *output* returned as itself would hold its own grad_fn, a cycle through
+        # autograd's C++ nodes that no garbage collection frees (every GPU run leaked its first graph,
+        # which also kept an AccumulateGrad node on the default stream alive and broke CUDA graph capture)
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield total

@@ -41,3 +41,25 @@ def test_more_layers_save_more_and_the_record_says_so(tmp_path):
 
 def test_the_scaling_benchmark_counts_with_the_same_function():
     assert measure.saved_activation_bytes is memory.saved_activation_bytes
+
+
+def test_counting_saved_bytes_frees_the_graph_and_keeps_backward_exact():
+    """A saved output (sigmoid saves its result) must not keep its own graph alive once the counting
+    block's outputs are dropped (it leaked every GPU run's first graph and broke CUDA graph capture);
+    a backward through the counted graph gives the gradients of an uncounted one."""
+    import gc
+    import weakref
+
+    x = torch.randn(1000, requires_grad=True, generator=torch.Generator().manual_seed(0))
+    with memory.saved_activation_bytes() as saved:
+        y = torch.sigmoid(x * 2)
+        z = y.exp().sum()
+    alive = weakref.ref(y)
+    del y, z
+    gc.collect()
+    assert alive() is None and saved["bytes"] > 0
+    with memory.saved_activation_bytes():
+        torch.sigmoid(x * 2).exp().sum().backward()
+    counted, x.grad = x.grad.clone(), None
+    torch.sigmoid(x * 2).exp().sum().backward()
+    torch.testing.assert_close(counted, x.grad, rtol=0, atol=0)
