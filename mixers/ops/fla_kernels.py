@@ -32,7 +32,9 @@ denominator cast to the output dtype, then ``numerator / (denominator + eps)``).
 - ``delta_rule``: ``chunk_delta_rule`` (16-bit inputs; it refuses float32) or ``chunk_gated_delta_rule``
   (with log decays; and float32 inputs without decays, with decays of zero: the same recurrence), with
   ``scale=1`` and the kernels' own q, k normalisation off (q, k come normalised and scaled, beta after
-  its sigmoid, the log decays formed, as the PyTorch path of ``mixers/ops/delta_rule.py`` takes them).
+  its sigmoid, the log decays formed, as the PyTorch path of ``mixers/ops/delta_rule.py`` takes them); q and
+  k are cast to v's dtype (CUDA autocast forms the L2 norms in float32). ``gated_delta_backward_refused``
+  says where fla refuses the gated kernel's backward (Hopper with Triton >= 3.4, < 3.7.1, without tilelang).
 """
 from __future__ import annotations
 
@@ -199,12 +201,39 @@ def rwkv7(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a:
     return o, state.to(v.dtype)
 
 
+@lru_cache(maxsize=1)
+def gated_delta_backward_refused() -> str | None:
+    """Why fla refuses the backward of ``chunk_gated_delta_rule`` here (None where it runs, or fla is absent).
+
+    fla 0.6.0's ``chunk_bwd_dqkwg`` (``fla/ops/common/chunk_o.py``) raises a ``RuntimeError`` for gated inputs
+    on Hopper GPUs (H100, H200) with Triton >= 3.4 and < 3.7.1, which miscompiles it (fla issue #640), unless
+    its TileLang backend takes the call: then the gated delta rule (gated_deltanet; deltanet in float32, which
+    runs the gated kernel with zero decays) runs forward on fla's kernels but cannot be trained through them."""
+    try:
+        import triton
+        from fla.backends import _DISPATCH_DISABLED
+        from fla.ops.common.backends.tilelang import CommonTileLangBackend
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    except Exception:  # fla absent, or no CUDA / Triton here
+        return None
+    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1):
+        return None
+    if not _DISPATCH_DISABLED and CommonTileLangBackend.is_available() and CommonTileLangBackend().is_enabled():
+        return None
+    return (f"fla refuses the backward of chunk_gated_delta_rule on Hopper with Triton {triton.__version__} "
+            "(>= 3.4 and < 3.7.1 miscompile its gated chunk_bwd_dqkwg, fla issue #640) without tilelang")
+
+
 def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The (gated) delta rule: ``q`` (normalised, scaled), ``k`` (normalised) ``(b, n, h, dk)``, ``v (b, n, h, dv)``,
     ``beta`` and log decays ``g <= 0`` (None: none) ``(b, n, h)`` -> ``o (b, n, h, dv)`` and the final state
     ``(b, h, dk, dv)`` in ``v``'s dtype."""
     ops = fla_ops()
+    # the kernels' dtype is v's: under CUDA autocast the L2 norms' sum and rsqrt run in float32 (autocast's
+    # float32 list), so q and k arrive in float32 beside 16-bit v, which chunk_delta_rule refuses
+    # (q.dtype == k.dtype == v.dtype); fla's own layers hand its kernels q, k, v of one dtype
+    q, k = q.to(v.dtype), k.to(v.dtype)
     if g is None and q.dtype in (torch.float16, torch.bfloat16):
         o, state = ops.chunk_delta_rule(q, k, v, beta, scale=1.0, output_final_state=True,
                                         use_qk_l2norm_in_kernel=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -325,6 +326,19 @@ def test_fla_wrapper_picks_the_kernel_fla_accepts(fake_fla, dtype, gated, op):
     assert (state.float() - ref_state).norm() / ref_state.norm() < tolerance
 
 
+@pytest.mark.parametrize("gated", [False, True])
+def test_fla_wrapper_gives_the_kernels_q_k_in_v_dtype(fake_fla, gated):
+    """Under CUDA autocast the L2 norms' sum and rsqrt run in float32 (autocast's float32 list): q and k reach
+    the wrapper in float32 beside bf16 v, and fla's chunk_delta_rule refuses q, k, v of different dtypes."""
+    q, k, v, beta, g = inputs(2, 2, 20, 16, 16, gated, seed=6, dtype=torch.float32)
+    ref = delta_rule_chunked(q, k, v.bfloat16(), beta.bfloat16(), g, 64)[0]
+    layout = [t.transpose(1, 2) for t in (q, k, v.bfloat16(), beta.bfloat16())]
+    o, state = fla_kernels.delta_rule(*layout, None if g is None else g.transpose(1, 2))
+    assert CALLS == ["chunk_gated_delta_rule" if gated else "chunk_delta_rule"]
+    assert o.dtype == state.dtype == torch.bfloat16
+    assert (o.transpose(1, 2).float() - ref.float()).norm() / ref.float().norm() < 3e-2
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_auto_runs_pytorch_on_cpu_and_fla_on_cuda_only_for_wide_heads(fake_fla, name):
     mixer = mixers.build(name, 32, 64, impl="auto")
@@ -372,10 +386,17 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, dtype):
-    """Values and every gradient of the fla path in ``dtype`` against the float32 PyTorch path."""
+    """Values and every gradient of the fla path in ``dtype`` against the float32 PyTorch path. Where fla
+    refuses the gated kernel's backward (Hopper with Triton >= 3.4, < 3.7.1 and no tilelang: gated_deltanet, and
+    deltanet in float32, which runs the gated kernel), the values alone are compared, then the test skips."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    gated_kernel = name == "gated_deltanet" or dtype == torch.float32
+    refused = fla_kernels.gated_delta_backward_refused() if gated_kernel else None
+    if refused:
+        print(f"{name} {dtype}: gradients not compared: {refused}", flush=True)
     failures = []
     for batch, n, d_model in GPU_SHAPES:
+        start = time.perf_counter()
         torch.manual_seed(n)
         ours = mixers.build(name, d_model, n, impl="chunked").cuda()
         fla = mixers.build(name, d_model, n, impl="fla").cuda()
@@ -387,16 +408,29 @@ def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, dtype):
         for mixer, autocast in ((ours, torch.float32), (fla, dtype), (ours, dtype)):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast == torch.bfloat16):
                 y = mixer(x)
+            if refused:
+                results.append((y.float(),))
+                continue
             results.append((y.float(), *torch.autograd.grad((y.float() * w).sum(), [x, *mixer.parameters()])))
         labels = ["output", "input gradient", *(f"{p} gradient" for p, _ in ours.named_parameters())]
+        shape_failures = []
         for label, got, ref, rounded in zip(labels, *results):
             if n == 1 and label.startswith(("a_proj", "A_log", "dt_bias")):
                 continue  # at one token the decay multiplies an empty state: its gradient is zero analytically
             error = relative_error(got, ref)
             if not error <= TOLERANCE[dtype]:
-                failures.append(f"batch {batch}, n {n}, d_model {d_model}: {label} {error:.3g} "
-                                f"(pytorch path's own: {relative_error(rounded, ref):.3g})")
+                shape_failures.append(f"batch {batch}, n {n}, d_model {d_model}: {label} {error:.3g} "
+                                      f"(pytorch path's own: {relative_error(rounded, ref):.3g})")
+        torch.cuda.synchronize()
+        # printed (and flushed) as each shape ends, so that a run stopped by a timeout still shows them (pytest -s)
+        print(f"{name} impl=fla {dtype}: batch {batch}, n {n}, d_model {d_model} in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        if shape_failures:
+            print("\n".join(shape_failures), flush=True)
+        failures += shape_failures
     assert not failures, "\n".join(failures)
+    if refused:
+        pytest.skip(f"values agree; gradients not compared: {refused}")
 
 
 @pytest.mark.gpu

@@ -312,6 +312,8 @@ def fla_against_pytorch_errors(monkeypatch, name: str, impl: str, batch: int, n:
         if not error <= TOLERANCE[dtype]:
             failures.append(f"batch {batch}, n {n}, d_model {d_model}: {label} {error:.3g} "
                             f"(pytorch path's own: {relative_error(c, b, scale):.3g})")
+    if failures:  # printed (and flushed) now, so that a run stopped by a timeout still shows them (pytest -s)
+        print(f"{name} impl={impl} {dtype}:\n" + "\n".join(failures), flush=True)
     return failures
 
 
@@ -330,7 +332,7 @@ def test_fla_kernels_equal_pytorch_path_on_gpu(monkeypatch, name, impl, dtype):
         failures += fla_against_pytorch_errors(monkeypatch, name, impl, batch, n, d_model, dtype)
         torch.cuda.synchronize()
         print(f"{name} impl={impl} {dtype}: batch {batch}, n {n}, d_model {d_model} in "
-              f"{time.perf_counter() - start:.1f} s")
+              f"{time.perf_counter() - start:.1f} s", flush=True)
     assert not failures, "\n".join(failures)
 
 

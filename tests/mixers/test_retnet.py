@@ -153,7 +153,9 @@ def test_fla_kernel_equals_pytorch_path_on_gpu(monkeypatch, dtype):
         start = time.perf_counter()
         failures += fla_against_pytorch_errors(monkeypatch, "retnet", "fla", batch, n, d_model, dtype)
         torch.cuda.synchronize()
-        print(f"retnet impl=fla {dtype}: batch {batch}, n {n}, d_model {d_model} in {time.perf_counter() - start:.1f} s")
+        # fla_against_pytorch_errors has printed (and flushed) this shape's failures
+        print(f"retnet impl=fla {dtype}: batch {batch}, n {n}, d_model {d_model} in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
     assert not failures, "\n".join(failures)
 
 

@@ -282,12 +282,19 @@ def test_fla_kernel_equals_pytorch_path_on_gpu(monkeypatch, dtype):
                 y = mixer(x)
             results.append((y.float(), *torch.autograd.grad((y.float() * w).sum(), [x, *mixer.parameters()])))
         labels = ["output", "input gradient", *(f"{name} gradient" for name, _ in ours.named_parameters())]
+        shape_failures = []
         for label, got, ref, own in zip(labels, results[1], results[0], results[2]):
-            if not relative_error(got, ref) <= TOLERANCE[dtype]:
-                failures.append(f"batch {batch}, n {n}, d_model {d_model}: {label} {relative_error(got, ref):.3g} "
-                                f"(pytorch path's own: {relative_error(own, ref):.3g})")
+            error = relative_error(got, ref)
+            if not error <= TOLERANCE[dtype]:
+                shape_failures.append(f"batch {batch}, n {n}, d_model {d_model}: {label} {error:.3g} "
+                                      f"(pytorch path's own: {relative_error(own, ref):.3g})")
         torch.cuda.synchronize()
-        print(f"rwkv7 {dtype}: batch {batch}, n {n}, d_model {d_model} in {time.perf_counter() - start:.1f} s")
+        # printed (and flushed) as each shape ends, so that a run stopped by a timeout still shows them (pytest -s)
+        print(f"rwkv7 {dtype}: batch {batch}, n {n}, d_model {d_model} in {time.perf_counter() - start:.1f} s",
+              flush=True)
+        if shape_failures:
+            print("\n".join(shape_failures), flush=True)
+        failures += shape_failures
     assert not failures, "\n".join(failures)
 
 
