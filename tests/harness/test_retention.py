@@ -95,3 +95,34 @@ def test_the_benchmark_runs_on_the_gpu_and_measures_what_the_cpu_does(tmp_path):
 def test_bad_settings_name_the_field(tmp_path, changes, field):
     with pytest.raises(ConfigError, match=field):
         ret.main_with(bench_config(results_dir=str(tmp_path), **changes))
+
+
+def test_shift_register_states_hold_exactly_the_last_tokens():
+    from harness.bench.retention_check import shift_register_states
+    tokens = torch.tensor([[3, 1, 2, 0]])
+    codes = torch.arange(8.0).view(4, 2)  # token t -> (2t, 2t + 1)
+    state = shift_register_states(tokens, codes, 2, 6)
+    assert state.tolist() == [[0.0, 1.0, 4.0, 5.0, 0.0, 0.0]]  # the last token (0), then the one before (2)
+
+
+def test_the_probe_reads_what_a_known_state_holds_and_nothing_older(tmp_path):
+    """The known-answer check at a small size: a state that stores the last 2 of 8 tokens is read back at
+    distances 0-1 (> 95%) and at chance beyond (< 30%, chance 12.5%); an empty state at chance everywhere."""
+    from harness.bench import retention_check
+
+    cfg = bench_config(decoder={"width": 64, "steps": 300, "batch_size": 64, "lr": 3e-3})
+    cfg.update(slots=[0, 2], code_dim=4, d_model=16, vocab=8, length=8, train_samples=512, eval_samples=256,
+               profile="known_answer", results_dir=str(tmp_path))
+    table = retention_check.main_with(cfg).set_index("slots")
+    assert table.loc[2, "min inside (%)"] > 95 and table.loc[2, "accuracy beyond (%)"] < 30
+    assert table.loc[0, "accuracy beyond (%)"] < 30
+    assert (tmp_path / "retention" / "known_answer" / "known_answer.png").exists()
+
+
+def test_a_known_answer_check_wider_than_the_state_names_the_field():
+    from harness.bench import retention_check
+
+    cfg = bench_config()
+    cfg.update(slots=[8], code_dim=4, d_model=16, vocab=8, length=8)
+    with pytest.raises(ConfigError, match=r"slots: 8 slots x code_dim 4 = 32 exceed d_model=16"):
+        retention_check.main_with(cfg)
