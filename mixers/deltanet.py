@@ -140,8 +140,11 @@ class DeltaNet(Mixer):
 
     # ---- paths ---------------------------------------------------------------------------------
     def _path(self, device: torch.device) -> str:
-        """The implementation that runs for inputs on ``device``."""
-        return fla_kernels.choose_path(self.impl, device, self._fla_fits)
+        """The implementation that runs for inputs on ``device``; ``auto`` keeps the PyTorch path where fla
+        refuses the gated kernel's backward and this mixer always needs it (``gated_delta_backward_refused``)."""
+        trainable = not (self.gated and device.type == "cuda"
+                         and fla_kernels.gated_delta_backward_refused())
+        return fla_kernels.choose_path(self.impl, device, self._fla_fits and trainable)
 
     @property
     def backend(self) -> str:

@@ -470,3 +470,13 @@ def test_fla_prefill_decodes_on_gpu(name):
             o, state = mixer.step(x[:, t], state)
             outs.append(o[:, None])
     assert relative_error(torch.cat(outs, dim=1), full) <= TOLERANCE[torch.float32]
+
+
+def test_auto_keeps_gated_deltanet_on_pytorch_where_fla_refuses_its_backward(fake_fla, monkeypatch):
+    """fla 0.6.0 refuses chunk_gated_delta_rule's backward on Hopper with Triton >= 3.4 < 3.7.1: ``auto``
+    keeps Gated DeltaNet (always the gated kernel) on the PyTorch path there; DeltaNet's bf16 kernel is ungated."""
+    monkeypatch.setattr(fla_kernels, "gated_delta_backward_refused", lambda: "refused (test)")
+    assert mixers.build("gated_deltanet", 128, 64, impl="auto", heads=2)._path(torch.device("cuda")) == "chunked"
+    assert mixers.build("deltanet", 128, 64, impl="auto", heads=2)._path(torch.device("cuda")) == "fla"
+    monkeypatch.setattr(fla_kernels, "gated_delta_backward_refused", lambda: None)
+    assert mixers.build("gated_deltanet", 128, 64, impl="auto", heads=2)._path(torch.device("cuda")) == "fla"
