@@ -35,6 +35,7 @@ from harness.report.kit import (REFERENCE_COLOR, SPREAD, flatten, hardware_label
 TASKS = ("mqar",)  # the tasks whose runs this module reports
 
 SWEPT = ("model.d_model", "train.lr")
+DODGE = 0.3  # octaves: the widest sideways offset of a mixer's points in accuracy_vs_d_model
 # each recall experiment's protocol and its source (conf/experiment/<benchmark>.yaml says more)
 PROTOCOLS = {
     "recall_benchmark": "the Based paper's MQAR mixture protocol (arXiv 2402.18668, Figure 2; zoology's arxiv24_based_figure2)",
@@ -178,7 +179,9 @@ def tables(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
 def plot_accuracy_vs_d_model(records: list[dict], out_dir: Path, title: str) -> list[Path]:
     """Zoology's figure: best-learning-rate accuracy (%) against d_model, a panel per test setting
     (sequence length, key-value pairs), a line per mixer (mean over seeds, their spread as a band),
-    1/K and 2/V as grey reference lines."""
+    1/K and 2/V as grey reference lines. Each mixer's points sit dodged sideways (up to ``DODGE``
+    octaves either side of their width, in the legend's order) so that mixers at one width do not
+    hide each other; the ticks mark the widths."""
     extra, groups = model_groups(records)
     best = {key: best_lr(by_lr)[1] for key, by_lr in groups.items()}
     best = {key: runs for key, runs in best.items() if runs}
@@ -188,6 +191,7 @@ def plot_accuracy_vs_d_model(records: list[dict], out_dir: Path, title: str) -> 
     styles = series_styles(list(labels.values()))
     widths = sorted({key[1] for key in best})
     vocab = records[0]["task_summary"]["vocab_size"]
+    dodge = {line: 2 ** (DODGE * (2 * j / (len(lines) - 1) - 1) if len(lines) > 1 else 0.0) for j, line in enumerate(lines)}
     columns = min(len(sets), 5) or 1
     fig, axes = new_figure("accuracy_vs_d_model", -(-len(sets) // columns), columns, sharey=True)
     for i, ax in enumerate(axes.flat):
@@ -202,7 +206,8 @@ def plot_accuracy_vs_d_model(records: list[dict], out_dir: Path, title: str) -> 
                 per_seed = [[r["final"]["eval"][name]["accuracy"] for r in runs] for _, runs in points]
                 width_runs = min(len(v) for v in per_seed)
                 per_seed = [[v[j] for v in per_seed] for j in range(width_runs)]
-                plot_series(ax, [d for d, _ in points], per_seed, styles[labels[line]], labels[line], scale=100)
+                plot_series(ax, [d * dodge[line] for d, _ in points], per_seed, styles[labels[line]], labels[line],
+                            scale=100)
         ax.axhline(100 * one_over_k(name), color=REFERENCE_COLOR, linewidth=0.8, linestyle="--",
                    label="1/K (a value from the context)")
         ax.axhline(100 * two_over_v(vocab), color=REFERENCE_COLOR, linewidth=0.8, linestyle=":",
