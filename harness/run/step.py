@@ -20,8 +20,9 @@ of 64-256 positions) and the task's loss is the default masked cross-entropy: ea
 scored positions are gathered (a fixed count per padded length, so shapes still repeat), then the
 head and the loss run on those alone. The same terms, so the same loss and gradients up to rounding,
 without the logits of positions whose loss weight is zero (at vocabulary 8,192 these were most of
-a small model's step). ``all``: the head on every position, as before. Evaluation always runs the
-whole head. ``info["head"]`` says which ran.
+a small model's step). ``all``: the head on every position, as before. Evaluation reads the scored
+positions of such tasks too (``harness.run.train.evaluate``: the same loss and metrics, whatever this
+option). ``info["head"]`` says which ran.
 
 A mixer that cannot be compiled or captured (a host sync, an op dynamo or the capture refuses)
 falls back to eager at the step where it failed, and ``StepRunner.info`` says which mode ran, why,
