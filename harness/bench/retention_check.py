@@ -74,19 +74,27 @@ def plot(positions: pd.DataFrame, cfg: dict, out_dir):
 
     fig, ax = plt.subplots(figsize=(3.4, 2.3))
     styles = ["-", "--", "-.", ":"]
+    chance = 1 / cfg["vocab"]
     for i, (slots, g) in enumerate(positions.groupby("slots")):
         g = g.sort_values("distance")
-        ax.plot(g["distance"], g["accuracy"], color="black", linestyle=styles[i % len(styles)], linewidth=0.9,
-                label=f"holds the last {slots}" if slots else "holds nothing")
-    ax.axhline(1 / cfg["vocab"], color="0.6", linewidth=0.6)
-    ax.text(cfg["length"] - 1, 1 / cfg["vocab"] + 0.02, "chance", fontsize=5.5, color="0.4", ha="right")
+        style = styles[i % len(styles)]
+        ax.plot(g["distance"], g["accuracy"], color="black", linestyle=style, linewidth=0.9,
+                label=f"measured: state holds the last {slots}" if slots else "measured: state holds nothing")
+        ax.plot(g["distance"], [1.0 if d < slots else chance for d in g["distance"]], color="0.6", linestyle=style,
+                linewidth=0.7, drawstyle="steps-post", label="the answer: 100% where stored, then chance")
+    ax.axhline(chance, color="0.8", linewidth=0.5)
     ax.set_xscale("symlog", linthresh=1)
+    ticks = [t for t in (0, 1, 4, 16, 64, 256) if t < cfg["length"]] + [cfg["length"] - 1]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlim(0, cfg["length"] - 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("distance from the embedded token", fontsize=6.5)
     ax.set_ylabel("reconstruction accuracy", fontsize=6.5)
     ax.tick_params(labelsize=6)
-    ax.legend(fontsize=5.5, frameon=False, loc="center right")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # the answer's label once
+    ax.legend(unique.values(), unique.keys(), fontsize=5.5, frameon=False, loc="center right")
     ax.set_title(f"Retention probe, known answer (n {cfg['length']}, vocabulary {cfg['vocab']})", fontsize=6.5)
     fig.tight_layout()
     return save_figure(fig, out_dir, "known_answer")
