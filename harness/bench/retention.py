@@ -174,6 +174,14 @@ def plot(positions: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save_figure(fig, out_dir, "retention")
 
 
+def decoder_description(cfg: dict) -> str:
+    """How the decoder was set up and trained, for a table's header."""
+    d = cfg["decoder"]
+    return (f"decoder LayerNorm -> Linear({d['width']}) + position embedding -> {d['depth']} x [GELU, Linear] -> vocab, "
+            f"{d['steps']} AdamW steps of {d['batch_size']} on {cfg['train_samples']} sequences, measured on "
+            f"{cfg['eval_samples']} others")
+
+
 def check(cfg: dict) -> None:
     unknown = sorted(set(cfg["inputs"]) - set(INPUTS))
     if unknown or not cfg["inputs"]:
@@ -215,12 +223,10 @@ def main_with(cfg: dict) -> pd.DataFrame:
     if not summary:
         raise ConfigError("inputs: no model had inputs of these kinds (text needs lm_text / copy_text runs)")
     table, by_position = pd.DataFrame(summary), pd.DataFrame(positions)
-    d = cfg["decoder"]
     write_table(table, out_dir, "retention",
                 f"# Information retention: all {table['length'].max()} inputs reconstructed from one hidden state "
-                f"({cfg['profile']})\n\nState of the last token after block {cfg['layer'] or 'L (the last)'}; decoder "
-                f"LayerNorm -> Linear({d['width']}) + position embedding -> {d['depth']} x [GELU, Linear] -> vocab, "
-                f"{d['steps']} AdamW steps on {cfg['train_samples']} sequences, measured on {cfg['eval_samples']} others.")
+                f"({cfg['profile']})\n\nState of the last token after block {cfg['layer'] or 'L (the last)'}; "
+                f"{decoder_description(cfg)}.")
     by_position.to_csv(out_dir / "positions.csv", index=False)
     plot(by_position, out_dir)
     log.info("wrote %s\n%s", out_dir, table.to_string(index=False))

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from harness.bench.retention import check as check_benchmark
-from harness.bench.retention import per_position, train_decoder
+from harness.bench.retention import decoder_description, per_position, train_decoder
 from harness.launch.entry import entry_point
 from harness.report.kit import save_figure, write_table
 from harness.run.config import ConfigError
@@ -119,12 +119,10 @@ def main_with(cfg: dict) -> pd.DataFrame:
                       for d, (a, l) in enumerate(zip(accuracy, result["loss"].flip(0)))]
         log.info("known answer, %d slots: %s", slots, summary[-1])
     table, by_position = pd.DataFrame(summary), pd.DataFrame(positions)
-    d = cfg["decoder"]
     write_table(table, out_dir, "known_answer",
                 f"# Retention probe on states with a known answer\n\nShift-register states (the last `slots` tokens' "
                 f"{cfg['code_dim']}-value codes, zeros beyond, width {cfg['d_model']}) of {cfg['length']} uniform tokens over "
-                f"{cfg['vocab']}; the benchmark's decoder (width {d['width']}, depth {d['depth']}, {d['steps']} AdamW steps of "
-                f"{d['batch_size']}) on {cfg['train_samples']} sequences, measured on {cfg['eval_samples']} others.")
+                f"{cfg['vocab']}; the benchmark's {decoder_description(cfg)}.")
     by_position.to_csv(out_dir / "positions.csv", index=False)
     plot(by_position, cfg, out_dir)
     log.info("wrote %s\n%s", out_dir, table.to_string(index=False))
