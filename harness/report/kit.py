@@ -251,6 +251,7 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#0
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "*", "h", "d", "H", "1", "+", "x", "8", "2", "3", "4",
            "|", "_")  # filled shapes first; the octagon (8) where its colour has no circle (it reads as one)
 LINESTYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (5, 1.5, 1, 1.5)))  # solid, dashed, dotted, dash-dot
+BAR_HATCHES = ("", "////", "....", "xx")  # a bar's hatch for each of LINESTYLES (solid, dashed, dotted, dash-dot)
 REFERENCE_COLOR = "0.45"  # reference lines (baselines, 1/K): grey, never a mixer's colour
 SPREAD = "band: min-max over seeds"  # what every figure's shaded band shows (its legend says so)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report.kit import (flatten, hardware_label, legend_below, new_figure, percent_mean_std, save_figure,
+from harness.report.kit import (BAR_HATCHES, LINESTYLES, flatten, hardware_label, legend_below, new_figure, percent_mean_std,
+                                save_figure,
                                 series_styles, settings_label, sort_key,
                                 status_note, varying_keys, write_table)
 
@@ -182,8 +183,9 @@ def grid_table(records: list[dict]) -> pd.DataFrame:
 
 
 def plot_scores(values: dict[str, dict[str, float]], out_dir: Path, title: str) -> list[Path]:
-    """Grouped bars in %: a group per task and one for the MAD score, a bar per model in its style
-    (colour, and its marker's hatch-free edge: the kit's one style per mixer)."""
+    """Grouped bars in %: a group per task and one for the MAD score, a bar per model in its style:
+    the kit's colour, and a hatch for its line style (``BAR_HATCHES``), so that mixers sharing a colour
+    (the palette has 7) stay apart."""
     models = sorted(values, key=sort_key)
     groups = task_order({t for v in values.values() for t in v if t != "MAD score"}) + ["MAD score"]
     styles = series_styles(models)
@@ -193,7 +195,9 @@ def plot_scores(values: dict[str, dict[str, float]], out_dir: Path, title: str) 
     for i, model in enumerate(models):
         xs = [g + (i - (len(models) - 1) / 2) * bar for g in range(len(groups))]
         ys = [100 * values[model].get(group, float("nan")) for group in groups]
-        ax.bar(xs, ys, width=bar, color=styles[model]["color"], label=model, linewidth=0)
+        hatch = BAR_HATCHES[LINESTYLES.index(styles[model]["linestyle"]) % len(BAR_HATCHES)]
+        ax.bar(xs, ys, width=bar, color=styles[model]["color"], label=model, linewidth=0, hatch=hatch,
+               edgecolor="white")
     ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups])
     ax.set_ylim(0, 102)
     ax.set_ylabel("test accuracy (%)")
