@@ -24,10 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report.kit import (BAR_HATCHES, LINESTYLES, flatten, hardware_label, legend_below, new_figure, percent_mean_std,
-                                save_figure,
-                                series_styles, settings_label, sort_key,
-                                status_note, varying_keys, write_table)
+from harness.report.kit import (BAR_HATCHES, LINESTYLES, flatten, hardware_label, legend_below, new_figure,
+                                percent_mean_std, save_figure, series_styles, settings_label, sort_key, status_note,
+                                varying_keys, write_table)
 
 BENCHMARKS = ("mad_benchmark",)  # every run of these benchmarks comes here, whatever its task
 TASKS = ("compression", "memorization", "noisy_recall", "fuzzy_recall")  # and these tasks' runs anywhere

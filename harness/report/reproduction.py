@@ -88,7 +88,8 @@ def compare(yours: list[dict], published: list[dict], absolute: float, relative:
                 ref = [r["final"]["eval"].get(name, {}).get(metric) for r in pub]
                 ref = [v for v in ref if v is not None]
                 mine = [v for v in mine if v is not None]
-                pct = percent_scale(metric) != 1  # fractions shown in %, as in every other table
+                scale = percent_scale(metric)
+                pct = scale != 1  # fractions shown in %, as in every other table
                 shown = percent_mean_std if pct else (lambda values: mean_std(values, 4))
                 unit = {"unit": "%" if pct else "-"}
                 if not ref or not mine:
@@ -97,7 +98,6 @@ def compare(yours: list[dict], published: list[dict], absolute: float, relative:
                                  "verdict": "not in the published records" if not ref else "not finite", **sides})
                     continue
                 low, high = spread(ref, absolute, relative)
-                scale = 100 if pct else 1
                 rows.append({**base, "set": name, "metric": metric, **unit, "yours": shown(mine), "published": shown(ref),
                              "spread": f"[{scale * low:.1f}, {scale * high:.1f}]" if pct else f"[{low:.4f}, {high:.4f}]",
                              "verdict": verdict(mean(mine), low, high), **sides})

@@ -75,6 +75,11 @@ def scored_head_applies(model: nn.Module, task: Task) -> bool:
             and type(task).max_scored_positions is not Task.max_scored_positions and hasattr(model, "features"))
 
 
+def worth_gathering(count: int | None, length: int) -> bool:
+    """Whether reading ``count`` scored positions of ``length`` is worth the gather: some, at most half."""
+    return count is not None and 0 < count <= length // 2
+
+
 def head_on_scored(model: nn.Module, batch: Batch, count: int, autocast: Callable) -> tuple[torch.Tensor, Batch]:
     """The model's outputs ``(batch, count, vocab)`` at the first ``count`` scored positions of every
     example (``scored_only``), and the batch's targets and mask gathered there."""
@@ -153,7 +158,7 @@ class StepRunner:
         if not self.scored_head:
             return None
         count = self.task.max_scored_positions(length)
-        return count if count is not None and 0 < count <= length // 2 else None
+        return count if worth_gathering(count, length) else None
 
     def _forward_loss(self, batch: Batch) -> torch.Tensor:
         count = self._scored_count(batch.inputs.shape[1])

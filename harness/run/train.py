@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from harness.run.memory import SAVED_METHOD, PeakMemory
-from harness.run.step import StepRunner, head_on_scored, scored_head_applies
+from harness.run.step import StepRunner, head_on_scored, scored_head_applies, worth_gathering
 from mixers.base import Mixer, conventional_exemptions
 from tasks.base import Batch, Task, masked_cross_entropy  # noqa: F401  (re-exported)
 
@@ -59,7 +59,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     compile: str = "none"  # none | compile | cuda_graph (harness.run.step)
-    head_positions: str = "all"  # scored | all: where the LM head runs in training (harness.run.step)
+    head_positions: str = "scored"  # scored | all: where the LM head runs in training (harness.run.step)
 
 
 @dataclass
@@ -180,8 +180,8 @@ def evaluate(model: nn.Module, task: Task, eval_sets: dict[str, Batch], batch_si
         loss_sum, scored = 0.0, 0.0
         for start in range(0, len(full), batch_size):
             batch = full.slice(start, start + batch_size)
-            most = int(batch.mask.sum(1).max()) if on_scored else 0
-            if on_scored and 0 < most <= batch.inputs.shape[1] // 2:  # the head where the metrics look
+            most = int(batch.mask.sum(1).max()) if on_scored else None
+            if worth_gathering(most, batch.inputs.shape[1]):  # the head where the metrics look
                 logits, batch = head_on_scored(model, batch, most, lambda: autocast_context(device, precision))
             else:
                 with autocast_context(device, precision):
